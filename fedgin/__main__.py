@@ -1,0 +1,3 @@
+from fedgin.cli import main
+
+raise SystemExit(main())

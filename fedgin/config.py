@@ -1,0 +1,389 @@
+"""The run configuration: a typed schema read from YAML, presets, and ``key=value`` overrides.
+
+Unknown keys are errors that name the key (and the file), never ignored. A preset is a partial config
+merged over the defaults; a YAML file and ``--set`` overrides are merged over the preset.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fedgin.gin import make_config
+
+MODALITIES = ("ct", "mri-t1", "mri-t2")
+ORGANS = ("liver", "spleen", "right kidney", "left kidney", "pancreas", "gallbladder")
+
+
+@dataclass
+class SiteConfig:
+    """One hospital: its modality, its data (MSD layout; ``None``: the built-in phantom) and a label map."""
+
+    name: str
+    modality: str
+    data_dir: str | None = None
+    cases: int = 8  # phantom cases to generate; for a data_dir, 0 means all, n the first n
+    val_cases: int = 1  # cases held out for validation (per patient)
+    seed: int = 0  # phantom seed
+    label_map: dict[int, str] | None = None  # data set label id -> organ name or "background"
+
+
+@dataclass
+class TestSetConfig:
+    """A held-out test set of one modality."""
+
+    modality: str
+    name: str | None = None  # table column group; default: the modality
+    data_dir: str | None = None
+    cases: int = 4
+    seed: int = 1000
+    label_map: dict[int, str] | None = None
+
+
+def _default_sites() -> list[SiteConfig]:
+    return [SiteConfig("ct-a", "ct", cases=8, seed=1), SiteConfig("ct-b", "ct", cases=8, seed=2),
+            SiteConfig("mri-a", "mri-t2", cases=3, seed=3)]
+
+
+def _default_tests() -> list[TestSetConfig]:
+    return [TestSetConfig("ct", seed=1001), TestSetConfig("mri-t2", seed=1002)]
+
+
+@dataclass
+class DataConfig:
+    sites: list[SiteConfig] = field(default_factory=_default_sites)
+    test: list[TestSetConfig] = field(default_factory=_default_tests)
+    organs: list[str] = field(default_factory=lambda: list(ORGANS[:4]))
+    size: int = 64  # in-plane size after resizing
+    depth: int = 16  # phantom depth, and the depth 3D volumes are resized to
+    dims: str = "2d"  # "2d": train on axial slices; "3d": on volumes
+    channels: int = 1  # grayscale replicated to this many channels (the original GIN uses 3)
+    ct_window: list[float] = field(default_factory=lambda: [-200.0, 300.0])
+    mri_percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
+    cache_dir: str | None = None  # phantom cache; default ~/.cache/fedgin/phantom
+
+
+@dataclass
+class ModelConfig:
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    num_res_units: int = 1
+    norm: str = "batch"
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "dice_ce"  # or "dice_focal"
+    optimizer: str = "adam"  # or "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    local_epochs: int = 1
+    local_steps: int = 0  # > 0: this many steps per round instead of epochs
+
+
+@dataclass
+class FedConfig:
+    mode: str = "federated"  # or "centralized" (one model on the pooled data)
+    rounds: int = 20
+    fraction: float = 1.0  # share of clients sampled each round
+    weighting: str = "samples"  # or "uniform"
+    prox_mu: float = 0.0  # > 0: FedProx
+    norm: str = "average"  # or "local" (FedBN: normalization layers stay at each site)
+
+
+@dataclass
+class AugConfig:
+    method: str = "none"  # or "gin"
+    views: int = 1  # GIN views per batch; > 1 adds the consistency loss
+    consistency_weight: float = 10.0
+    backend: str = "auto"
+    gin: dict = field(default_factory=dict)  # GINConfig options (in_channels, spatial_dims come from data)
+
+
+@dataclass
+class EvalConfig:
+    hd95_every_round: bool = True
+    keep_round_checkpoints: bool = True
+    overlays: int = 2  # sample cases per test set in the overlay plot
+
+
+@dataclass
+class RunConfig:
+    name: str = "fedgin"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_CHOICES = {
+    "data.dims": ("2d", "3d"), "model.norm": ("batch", "instance"), "train.loss": ("dice_ce", "dice_focal"),
+    "train.optimizer": ("adam", "adamw"), "fed.mode": ("federated", "centralized"),
+    "fed.weighting": ("samples", "uniform"), "fed.norm": ("average", "local"), "aug.method": ("none", "gin"),
+    "aug.backend": ("auto", "reference", "triton"),
+}
+
+PRESETS: dict[str, dict] = {
+    # The README's main command: the default scenario (2 CT sites, 1 small MRI site) sized for a 2-core CPU.
+    "demo": {"name": "demo"},
+    # The same scenario, smaller: the demo's test.
+    "demo-fast": {
+        "name": "demo-fast",
+        "data": {"size": 48, "depth": 12,
+                 "sites": [{"name": "ct-a", "modality": "ct", "cases": 5, "seed": 1},
+                           {"name": "ct-b", "modality": "ct", "cases": 5, "seed": 2},
+                           {"name": "mri-a", "modality": "mri-t2", "cases": 2, "seed": 3}],
+                 "test": [{"modality": "ct", "cases": 3, "seed": 1001},
+                          {"modality": "mri-t2", "cases": 3, "seed": 1002}]},
+        "model": {"channels": [8, 16, 32], "strides": [2, 2]},
+        "fed": {"rounds": 8},
+        "eval": {"hd95_every_round": False, "keep_round_checkpoints": False, "overlays": 1},
+    },
+    # As the FedGIN authors' released code: one CT and one MRI client, 100 rounds of 1 epoch, FedAvg by
+    # sample count, AdamW 5e-4, batch 8, focal + soft Dice, 2D UNet 32-64-128-256, 1-channel batch-shared GIN.
+    "fedgin-paper": {
+        "name": "fedgin-paper",
+        "data": {"size": 192, "depth": 32,
+                 "sites": [{"name": "ct", "modality": "ct", "cases": 20, "val_cases": 4, "seed": 1},
+                           {"name": "mri", "modality": "mri-t2", "cases": 20, "val_cases": 4, "seed": 2}]},
+        "model": {"channels": [32, 64, 128, 256], "strides": [2, 2, 2], "num_res_units": 0},
+        "train": {"loss": "dice_focal", "optimizer": "adamw", "lr": 5e-4, "batch_size": 8, "local_epochs": 1},
+        "fed": {"rounds": 100, "weighting": "samples"},
+        "aug": {"gin": {"per_sample": False}},
+    },
+    # The original GIN training: 3-channel GIN, three views, supervised loss on the first, KL consistency (x10).
+    "gin-original": {
+        "name": "gin-original",
+        "data": {"channels": 3},
+        "aug": {"method": "gin", "views": 3, "consistency_weight": 10.0},
+    },
+}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base`` (dicts recursively; lists and scalars replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("gin", "label_map"):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def to_dict(cfg) -> dict:
+    """The config as plain YAML-able data."""
+    return dataclasses.asdict(cfg)
+
+
+def build(raw: dict, source: str = "config") -> RunConfig:
+    """A validated :class:`RunConfig` from plain data; errors name ``source`` and the dotted key."""
+    cfg = _build(RunConfig, raw, "", source)
+    validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, preset: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults < ``preset`` (or the file's ``preset:`` key) < the YAML file < ``key=value`` overrides."""
+    raw: dict = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        source = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: the top level must be a mapping of keys")
+    preset = preset or raw.pop("preset", None)
+    raw.pop("preset", None)
+    merged = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        merged = copy.deepcopy(PRESETS[preset])
+    merged = deep_merge(merged, raw)
+    for item in overrides:
+        merged = deep_merge(merged, parse_override(item))
+    return build(merged, source)
+
+
+def parse_override(item: str) -> dict:
+    """``"fed.rounds=5"`` -> ``{"fed": {"rounds": 5}}`` (the value is read as YAML)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r} must look like key.sub=value")
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def dump(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _build(cls, raw, prefix: str, source: str):
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: {where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown key {prefix}{unknown[0]!s}; known keys here: {sorted(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _convert(hints[name], value, f"{prefix}{name}", source)
+    missing = [n for n, f in fields.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{source}: missing key {prefix}{missing[0]}")
+    return cls(**kwargs)
+
+
+def _convert(hint, value, key: str, source: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _convert(hint, value, key, source)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".", source)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{source}: {key} must be a list, got {value!r}")
+        return [_convert(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: {key} must be a mapping, got {value!r}")
+        if not args:
+            return dict(value)
+        return {_convert(args[0], k, f"{key}.{k}", source): _convert(args[1], v, f"{key}.{k}", source)
+                for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, str) and value.isdigit()):
+            raise ValueError(f"{source}: {key} must be an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: {key} must be a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config schema: unsupported type {hint} for {key}")  # pragma: no cover
+
+
+def validate(cfg: RunConfig, source: str = "config") -> None:
+    """Check choices, ranges and names; raise a ``ValueError`` naming ``source`` and the key."""
+    def err(key: str, msg: str) -> ValueError:
+        return ValueError(f"{source}: {key}: {msg}")
+
+    for dotted, choices in _CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise err(dotted, f"{value!r} is not one of {list(choices)}")
+    d = cfg.data
+    if not d.sites:
+        raise err("data.sites", "no sites")
+    names = [s.name for s in d.sites]
+    if len(set(names)) != len(names):
+        raise err("data.sites", f"site names must be unique, got {names}")
+    if not d.organs:
+        raise err("data.organs", "no organs")
+    for i, s in enumerate(d.sites):
+        _check_source(s, f"data.sites[{i}] ({s.name})", err, d.organs)
+        if s.val_cases < 0:
+            raise err(f"data.sites[{i}].val_cases", "must be >= 0")
+        if s.data_dir is None and s.cases - s.val_cases < 1:
+            raise err(f"data.sites[{i}]", f"site {s.name} has no training cases (cases={s.cases}, "
+                                          f"val_cases={s.val_cases})")
+    for i, t in enumerate(d.test):
+        _check_source(t, f"data.test[{i}]", err, d.organs)
+    tnames = [t.name or t.modality for t in d.test]
+    if len(set(tnames)) != len(tnames):
+        raise err("data.test", f"test set names must be unique, got {tnames}")
+    for key in ("size", "depth", "channels"):
+        if getattr(d, key) < 1:
+            raise err(f"data.{key}", "must be >= 1")
+    if len(d.ct_window) != 2 or d.ct_window[0] >= d.ct_window[1]:
+        raise err("data.ct_window", f"must be [low, high] with low < high, got {d.ct_window}")
+    if len(d.mri_percentiles) != 2 or not 0 <= d.mri_percentiles[0] < d.mri_percentiles[1] <= 100:
+        raise err("data.mri_percentiles", f"must be [low, high] within 0..100, got {d.mri_percentiles}")
+    m = cfg.model
+    if len(m.channels) < 2 or len(m.strides) != len(m.channels) - 1:
+        raise err("model.strides", f"needs len(channels) - 1 = {len(m.channels) - 1} entries, got {m.strides}")
+    if 2 ** len(m.strides) > d.size:
+        raise err("model.strides", f"{len(m.strides)} downsamplings do not fit data.size {d.size}")
+    t = cfg.train
+    if t.lr <= 0 or t.batch_size < 1 or t.local_epochs < 0 or t.local_steps < 0:
+        raise err("train", "lr, batch_size must be > 0; local_epochs, local_steps >= 0")
+    if t.local_epochs == 0 and t.local_steps == 0:
+        raise err("train.local_epochs", "either local_epochs or local_steps must be > 0")
+    f = cfg.fed
+    if f.rounds < 1:
+        raise err("fed.rounds", "must be >= 1")
+    if not 0 < f.fraction <= 1:
+        raise err("fed.fraction", f"must be in (0, 1], got {f.fraction}")
+    if f.prox_mu < 0:
+        raise err("fed.prox_mu", "must be >= 0")
+    a = cfg.aug
+    if not 1 <= a.views <= 3:
+        raise err("aug.views", f"must be 1, 2 or 3, got {a.views}")
+    if a.views > 1 and a.method == "none":
+        raise err("aug.views", "several views need aug.method: gin")
+    for key in ("in_channels", "out_channels", "spatial_dims"):
+        if key in a.gin:
+            raise err(f"aug.gin.{key}", "is set from data.channels and data.dims")
+    try:
+        gin_config(cfg)
+    except (ValueError, TypeError) as e:
+        raise err("aug.gin", str(e)) from None
+
+
+def _check_source(src, key: str, err, organs: list[str]) -> None:
+    if src.modality not in MODALITIES:
+        raise err(f"{key}.modality", f"unknown modality {src.modality!r}; choose one of {list(MODALITIES)}")
+    if src.data_dir is None and src.cases < 1:
+        raise err(f"{key}.cases", "a phantom data set needs cases >= 1")
+    if src.data_dir is not None and src.cases < 0:
+        raise err(f"{key}.cases", "must be >= 0 (0: all cases)")
+    for lid, organ in (src.label_map or {}).items():
+        if organ != "background" and organ not in organs:
+            raise err(f"{key}.label_map.{lid}", f"{organ!r} is not in data.organs {organs} (or 'background')")
+
+
+def gin_config(cfg: RunConfig):
+    """The :class:`~fedgin.params.GINConfig` of a run (channels and dims from the data config)."""
+    dims = 2 if cfg.data.dims == "2d" else 3
+    return make_config(in_channels=cfg.data.channels, spatial_dims=dims, **cfg.aug.gin)

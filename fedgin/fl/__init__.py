@@ -1,0 +1,1 @@
+"""Federated learning: the client class, aggregation, the built-in engine, run directories and reports."""

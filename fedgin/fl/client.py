@@ -1,0 +1,90 @@
+"""A site as a plain class: fit on the global weights, return new weights + scalars; evaluate.
+
+Only weights (arrays of the model's state) and scalar metrics leave a client: a Flower ``ClientApp``
+wraps this same class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedgin.config import RunConfig
+from fedgin.fl.aggregate import Weights
+from fedgin.train.data import Case, training_tensors
+from fedgin.train.evaluate import evaluate_cases
+from fedgin.train.local import train_local
+from fedgin.train.model import make_model, norm_keys
+
+
+@dataclass(frozen=True)
+class FitResult:
+    weights: Weights
+    num_samples: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    num_samples: int
+    metrics: dict[str, float]
+
+
+def get_weights(model: torch.nn.Module) -> Weights:
+    """The model's state as numpy arrays (copies)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def set_weights(model: torch.nn.Module, weights: Weights) -> None:
+    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
+
+
+class Client:
+    """One site: its training cases (may be empty: evaluation only), validation cases and RNG."""
+
+    def __init__(self, name: str, modality: str, train: list[Case], val: list[Case], cfg: RunConfig,
+                 *, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        self.name, self.modality, self.cfg = name, modality, cfg
+        self.model = make_model(cfg).to(device)
+        self.images, self.labels = training_tensors(train, cfg.data.dims) if train else (None, None)
+        self.val = val
+        self.generator = torch.Generator().manual_seed(seed)
+        self.local_keys = norm_keys(self.model) if cfg.fed.norm == "local" else set()
+        self.local_state: Weights = {}
+
+    @property
+    def num_samples(self) -> int:
+        return 0 if self.images is None else len(self.images)
+
+    def load(self, weights: Weights) -> None:
+        """The global weights, with this site's own normalization layers under FedBN."""
+        set_weights(self.model, {**weights, **self.local_state})
+
+    def fit(self, weights: Weights, round_idx: int = 0, progress: bool = False) -> FitResult:
+        if self.images is None:
+            raise ValueError(f"site {self.name} has no training cases")
+        self.load(weights)
+        anchor = {k: torch.as_tensor(v) for k, v in weights.items()} if self.cfg.fed.prox_mu > 0 else None
+        metrics = train_local(self.model, self.images, self.labels, self.cfg, self.generator, anchor=anchor,
+                              desc=f"round {round_idx + 1} {self.name}", progress=progress)
+        new = get_weights(self.model)
+        self.local_state = {k: new[k] for k in self.local_keys}
+        return FitResult(new, self.num_samples, {k: float(v) for k, v in metrics.items()})
+
+    def evaluate(self, weights: Weights, hd95: bool = True) -> EvalResult:
+        """Dice (and HD95) of ``weights`` on this site's validation cases."""
+        if not self.val:
+            return EvalResult(0, {})
+        self.load(weights)
+        d = self.cfg.data
+        return EvalResult(len(self.val), evaluate_cases(self.model, self.val, d.organs, d.channels, d.dims, hd95))
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs: the RNG and the local normalization state."""
+        return {"generator": self.generator.get_state(),
+                "local_state": {k: torch.as_tensor(v) for k, v in self.local_state.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.local_state = {k: v.numpy() for k, v in state["local_state"].items()}

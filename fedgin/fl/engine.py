@@ -1,0 +1,201 @@
+"""The built-in federated engine: rounds of client sampling, local fits, FedAvg, validation, checkpoints.
+
+``fed.mode: centralized`` runs the same loop with one client that holds the pooled training data, so the
+baselines share the code path and the budget (rounds x local epochs).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fedgin.config import RunConfig, dump
+from fedgin.fl.aggregate import Weights, fedavg
+from fedgin.fl.client import Client, get_weights, set_weights
+from fedgin.fl.rundir import RunDir, atomic_write, to_arrays, to_tensors
+from fedgin.train.data import Case, load_source, split
+from fedgin.train.evaluate import evaluate_cases
+from fedgin.train.local import TrainingDiverged
+from fedgin.train.model import make_model
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    test: dict[str, dict[str, float]]  # test set name -> metrics
+    best_round: int
+    history: list[dict]
+
+
+@dataclass
+class Federation:
+    """The loaded data and clients of a run."""
+
+    sites: list[Client]  # one per site: validation, and training in federated mode
+    trainers: list[Client]  # who trains: the sites, or one client on the pooled data
+    tests: dict[str, tuple[str, list[Case]]]  # name -> (modality, cases)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_federation(cfg: RunConfig, device: torch.device, progress: bool = False) -> Federation:
+    sites, pooled = [], []
+    for i, s in enumerate(cfg.data.sites):
+        cases = load_source(s, cfg.data, progress=progress)
+        train, val = split(cases, s.val_cases, f"site {s.name} ({s.data_dir or 'phantom'})")
+        sites.append(Client(s.name, s.modality, train, val, cfg, device=device, seed=cfg.seed * 1000 + i))
+        pooled += train
+    tests = {t.name or t.modality: (t.modality, load_source(t, cfg.data, progress=progress)) for t in cfg.data.test}
+    if cfg.fed.mode == "centralized":
+        for s in sites:  # evaluation only
+            s.images = s.labels = None
+        trainers = [Client("pooled", "mixed", pooled, [], cfg, device=device, seed=cfg.seed * 1000 + 999)]
+    else:
+        trainers = sites
+    return Federation(sites, trainers, tests)
+
+
+def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> RunResult:
+    """Train per ``cfg`` into the run directory ``out``; ``resume`` continues an interrupted run exactly."""
+    rd = RunDir(out)
+    text = dump(cfg)
+    state = None
+    if resume:
+        if not rd.config.is_file():
+            raise FileNotFoundError(f"{rd.config} does not exist: nothing to resume in {rd.path}")
+        if rd.config.read_text() != text:
+            raise ValueError(f"the config differs from the one of the run in {rd.config}; resume with the same one")
+        if rd.finished:
+            return _finished(rd)
+        if rd.state.is_file():
+            state = rd.load_state()
+    elif rd.config.exists():
+        raise ValueError(f"{rd.path} already holds a run; pass --resume to continue it or choose another --out")
+    atomic_write(rd.config, text)
+
+    device = resolve_device(cfg.device)
+    fed = build_federation(cfg, device, progress)
+    torch.manual_seed(cfg.seed)
+    weights = get_weights(make_model(cfg))
+    sampler = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict] = []
+    best, best_round, best_score, start = weights, -1, -math.inf, 0
+    if state is not None:
+        weights, best = to_arrays(state["global"]), to_arrays(state["best"])
+        best_round, best_score, start = state["best_round"], state["best_score"], state["round"]
+        history = state["history"]
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        for c in fed.trainers + fed.sites:
+            c.load_state_dict(state["clients"][c.name])
+
+    local_keys = fed.trainers[0].local_keys
+    rounds = tqdm(range(start, cfg.fed.rounds), desc=cfg.name, disable=not progress, initial=start,
+                  total=cfg.fed.rounds)
+    for r in rounds:
+        t0 = time.perf_counter()
+        chosen = _sample(fed.trainers, cfg.fed.fraction, sampler)
+        row: dict = {"round": r + 1}
+        results = []
+        for c in chosen:
+            try:
+                res = c.fit(weights, r, progress=progress)
+            except TrainingDiverged as err:
+                kept = f"after round {history[-1]['round']}" if history else "none yet"
+                raise TrainingDiverged(f"{err}; last good checkpoint: {rd.state} ({kept})") from None
+            results.append((res.weights, res.num_samples if cfg.fed.weighting == "samples" else 1))
+            row.update({f"train/{c.name}/{k}": v for k, v in res.metrics.items()})
+        weights = fedavg(results, weights, local_keys)
+        row.update(_validate(fed.sites, weights, cfg.eval.hd95_every_round))
+        score = row.get("val/score", float(r))  # no validation cases: keep the last round
+        if score > best_score:
+            best, best_round, best_score = weights, r, score
+        row.update({"best_round": best_round + 1, "time_s": time.perf_counter() - t0})
+        history.append(row)
+        _log(rounds, row, cfg, fed)
+        if cfg.eval.keep_round_checkpoints:
+            rd.save_round(r, weights)
+        rd.write_history(history)
+        rd.save_state({
+            "round": r + 1, "global": to_tensors(weights), "best": to_tensors(best), "best_round": best_round,
+            "best_score": best_score, "history": history, "sampler": sampler.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "clients": {c.name: c.state_dict() for c in fed.trainers + fed.sites},
+        })
+
+    rd.save_weights(rd.best, best)
+    test = evaluate_tests(cfg, fed, best, device)
+    from fedgin.fl.plots import write_plots
+    from fedgin.fl.report import run_table
+
+    atomic_write(rd.table, run_table(test, cfg.data.organs, title=f"{cfg.name}: best round {best_round + 1}"))
+    write_plots(rd, cfg, history, test, fed, best, device)
+    atomic_write(rd.test, json.dumps({"best_round": best_round + 1, "test": test}, indent=1))
+    return RunResult(rd.path, test, best_round + 1, history)
+
+
+def _finished(rd: RunDir) -> RunResult:
+    done = json.loads(rd.test.read_text())
+    history = [json.loads(line) for line in rd.metrics_jsonl.read_text().splitlines()]
+    return RunResult(rd.path, done["test"], done["best_round"], history)
+
+
+def _sample(trainers: list[Client], fraction: float, gen: torch.Generator) -> list[Client]:
+    k = max(1, round(fraction * len(trainers)))
+    idx = torch.randperm(len(trainers), generator=gen)[:k].sort().values
+    return [trainers[i] for i in idx.tolist()]
+
+
+def _validate(sites: list[Client], weights: Weights, hd95: bool) -> dict[str, float]:
+    """Validation per site and per modality (case-weighted); ``val/score`` = mean over modalities of mean Dice."""
+    row: dict[str, float] = {}
+    by_mod: dict[str, list[tuple[int, dict]]] = {}
+    for s in sites:
+        res = s.evaluate(weights, hd95)
+        if res.num_samples:
+            row.update({f"val/{s.name}/{k}": v for k, v in res.metrics.items()})
+            by_mod.setdefault(s.modality, []).append((res.num_samples, res.metrics))
+    for mod, rows in by_mod.items():
+        for key in rows[0][1]:
+            vals = np.array([m[key] for _, m in rows])
+            w = np.array([n for n, _ in rows], dtype=float) * ~np.isnan(vals)
+            row[f"val/{mod}/{key}"] = float(np.nansum(vals * w) / w.sum()) if w.sum() else float("nan")
+    scores = [row[f"val/{m}/dice/mean"] for m in by_mod]
+    if scores:
+        row["val/score"] = float(np.nanmean(scores))
+    return row
+
+
+def model_for(cfg: RunConfig, fed: Federation, weights: Weights, modality: str, device: torch.device):
+    """The global model for a modality: under FedBN with the normalization state of a site of that modality."""
+    model = make_model(cfg).to(device)
+    local = next((s.local_state for s in fed.sites if s.modality == modality and s.local_state), {})
+    set_weights(model, {**weights, **local})
+    return model
+
+
+def evaluate_tests(cfg: RunConfig, fed: Federation, weights: Weights, device: torch.device) -> dict:
+    d = cfg.data
+    return {name: evaluate_cases(model_for(cfg, fed, weights, mod, device), cases, d.organs, d.channels, d.dims)
+            for name, (mod, cases) in fed.tests.items()}
+
+
+def _log(bar, row: dict, cfg: RunConfig, fed: Federation) -> None:
+    mods = dict.fromkeys(s.modality for s in fed.sites)
+    val = " ".join(f"{m} {row[f'val/{m}/dice/mean']:.3f}" for m in mods if f"val/{m}/dice/mean" in row)
+    steps = [(row[f"train/{c.name}/step_time"], row[f"train/{c.name}/gin_share"])
+             for c in fed.trainers if f"train/{c.name}/step_time" in row]
+    step = sum(s for s, _ in steps) / len(steps)
+    share = sum(g for _, g in steps) / len(steps)
+    bar.write(f"round {row['round']}/{cfg.fed.rounds}: val Dice {val or '-'} (best round {row['best_round']}); "
+              f"{row['time_s']:.1f} s, step {1000 * step:.0f} ms, {100 * share:.0f}% in GIN")

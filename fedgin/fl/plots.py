@@ -1,0 +1,66 @@
+"""Plots of a run: validation curves per modality, test Dice per organ, prediction overlays."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedgin.fl.rundir import RunDir, atomic_write  # noqa: E402
+from fedgin.train.evaluate import predict  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, device) -> None:
+    from fedgin.fl.engine import model_for
+
+    organs = cfg.data.organs
+    mods = list(dict.fromkeys(s.modality for s in fed.sites))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mod in mods:
+        ys = [row.get(f"val/{mod}/dice/mean", np.nan) for row in history]
+        ax.plot([row["round"] for row in history], ys, marker="o", label=mod)
+    ax.set(xlabel="round", ylabel="validation mean Dice", title=cfg.name, ylim=(0, 1))
+    ax.legend()
+    _save(fig, rd.plots / "val_dice.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(test), 1)
+    for i, (name, metrics) in enumerate(test.items()):
+        ax.bar(np.arange(len(organs)) + i * width, [metrics.get(f"dice/{o}", np.nan) for o in organs],
+               width, label=name)
+    ax.set_xticks(np.arange(len(organs)) + width * (len(test) - 1) / 2, organs)
+    ax.set(ylabel="test Dice", title=f"{cfg.name}: test Dice per organ", ylim=(0, 1))
+    ax.legend()
+    _save(fig, rd.plots / "test_dice_per_organ.png")
+
+    n = cfg.eval.overlays
+    if n < 1:
+        return
+    fig, axes = plt.subplots(len(fed.tests), n, figsize=(3 * n, 3 * len(fed.tests)), squeeze=False)
+    for row, (name, (mod, cases)) in enumerate(fed.tests.items()):
+        model = model_for(cfg, fed, weights, mod, device)
+        for col in range(n):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col >= len(cases):
+                continue
+            case = cases[col]
+            pred = predict(model, case, cfg.data.channels, cfg.data.dims).numpy()
+            label = case.label[0].numpy()
+            z = int(np.argmax((label > 0).sum((0, 1))))
+            ax.imshow(case.image[0, :, :, z].numpy().T, cmap="gray", origin="lower")
+            ax.contour(label[:, :, z].T, levels=np.arange(len(organs)) + 0.5, colors="lime", linewidths=0.8)
+            ax.contour(pred[:, :, z].T, levels=np.arange(len(organs)) + 0.5, colors="red", linewidths=0.8)
+            ax.set_title(f"{name} {case.name} z={z}", fontsize=8)
+    fig.suptitle(f"{cfg.name}: ground truth (green), prediction (red)", fontsize=9)
+    _save(fig, rd.plots / "overlays.png")

@@ -1,0 +1,82 @@
+"""A run directory: resolved config, metrics per round, checkpoints (written atomically), results."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from fedgin.fl.aggregate import Weights
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``path`` through a temporary file in the same folder and a rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_tensors(weights: Weights) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v) for k, v in weights.items()}
+
+
+def to_arrays(tensors: dict[str, torch.Tensor]) -> Weights:
+    return {k: v.numpy() for k, v in tensors.items()}
+
+
+class RunDir:
+    """The files of one run under ``path``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.state = self.path / "state.pt"
+        self.metrics_jsonl = self.path / "metrics.jsonl"
+        self.metrics_csv = self.path / "metrics.csv"
+        self.checkpoints = self.path / "checkpoints"
+        self.best = self.path / "best_model.pt"
+        self.test = self.path / "test_metrics.json"
+        self.table = self.path / "table.md"
+        self.plots = self.path / "plots"
+
+    @property
+    def finished(self) -> bool:
+        return self.test.is_file()
+
+    def save_state(self, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(self.state, buf.getvalue())
+
+    def load_state(self) -> dict:
+        if not self.state.is_file():
+            raise FileNotFoundError(f"{self.state} does not exist: nothing to resume")
+        return torch.load(self.state, weights_only=True)
+
+    def save_weights(self, path: Path, weights: Weights) -> None:
+        buf = io.BytesIO()
+        torch.save(to_tensors(weights), buf)
+        atomic_write(path, buf.getvalue())
+
+    def save_round(self, round_idx: int, weights: Weights) -> None:
+        self.save_weights(self.checkpoints / f"global_round_{round_idx + 1:04d}.pt", weights)
+
+    def write_history(self, history: list[dict]) -> None:
+        """metrics.jsonl and metrics.csv, rewritten whole (so a resumed run never duplicates rounds)."""
+        atomic_write(self.metrics_jsonl, "".join(json.dumps(row) + "\n" for row in history))
+        columns = list(dict.fromkeys(k for row in history for k in row))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, columns)
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write(self.metrics_csv, out.getvalue())

@@ -1,0 +1,123 @@
+"""GIN's random parameters: the draw, kept separate from the application."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class GINConfig:
+    """What a GIN network looks like; everything a draw needs besides the batch size."""
+
+    in_channels: int = 3
+    out_channels: int | None = None
+    interm_channels: int = 2
+    n_layers: int = 4
+    kernel_sizes: tuple[int, ...] = (1, 3)
+    spatial_dims: int = 2
+    per_sample: bool = True
+    slope: float = 0.01
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.out_channels is None:
+            object.__setattr__(self, "out_channels", self.in_channels)
+        object.__setattr__(self, "kernel_sizes", tuple(int(k) for k in self.kernel_sizes))
+        for name in ("in_channels", "out_channels", "interm_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"GIN {name} must be >= 1, got {getattr(self, name)}")
+        if self.out_channels != self.in_channels:
+            raise ValueError(
+                f"GIN mixes its output with the input, so out_channels ({self.out_channels}) "
+                f"must equal in_channels ({self.in_channels})"
+            )
+        if self.n_layers < 2:
+            raise ValueError(f"GIN n_layers must be >= 2, got {self.n_layers}")
+        if not self.kernel_sizes:
+            raise ValueError("GIN kernel_sizes pool is empty")
+        for k in self.kernel_sizes:
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"GIN kernel sizes must be odd and positive, got {k}")
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"GIN spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if not self.eps > 0:
+            raise ValueError(f"GIN eps must be > 0, got {self.eps}")
+
+    def channels(self) -> list[tuple[int, int]]:
+        """(C_in, C_out) of every layer: C_in -> M -> ... -> M -> C_out."""
+        m, n = self.interm_channels, self.n_layers
+        return [(self.in_channels if l == 0 else m, self.out_channels if l == n - 1 else m) for l in range(n)]
+
+
+@dataclass
+class GINParams:
+    """One draw of GIN for a batch: per-layer kernel sizes (shared), per-sample weights, biases, alphas."""
+
+    kernel_sizes: tuple[int, ...]
+    weights: list[Tensor]
+    biases: list[Tensor]
+    alphas: Tensor
+    config: GINConfig = field(default_factory=GINConfig)
+
+    @property
+    def batch(self) -> int:
+        return int(self.alphas.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas.device
+
+    @classmethod
+    def draw(
+        cls,
+        batch: int,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        interm_channels: int = 2,
+        n_layers: int = 4,
+        kernel_sizes: tuple[int, ...] = (1, 3),
+        spatial_dims: int = 2,
+        per_sample: bool = True,
+        slope: float = 0.01,
+        eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> GINParams:
+        """Draw kernel sizes (one per layer, shared by the batch), N(0,1) weights and biases, U(0,1) alphas.
+
+        The numbers come from ``generator`` (or the global RNG) on the generator's device and are then
+        moved to ``device``, so one seed gives the same network whatever device or backend applies it.
+        With ``per_sample=False`` one network serves the whole batch (alphas stay per sample).
+        """
+        cfg = GINConfig(in_channels, out_channels, interm_channels, n_layers, tuple(kernel_sizes),
+                        spatial_dims, per_sample, slope, eps)
+        return cls.draw_config(batch, cfg, device=device, generator=generator)
+
+    @classmethod
+    def draw_config(cls, batch: int, cfg: GINConfig, device: torch.device | str | None = None,
+                    generator: torch.Generator | None = None) -> GINParams:
+        """:meth:`draw` from a :class:`GINConfig`."""
+        if int(batch) < 1:
+            raise ValueError(f"GIN needs a non-empty batch, got batch={batch}")
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        n_nets = batch if cfg.per_sample else 1
+        pool = cfg.kernel_sizes
+        ks, ws, bs = [], [], []
+        for cin, cout in cfg.channels():
+            k = pool[int(torch.randint(len(pool), (1,), generator=generator, device=gen_device))]
+            shape = (n_nets, cout, cin) + (k,) * cfg.spatial_dims
+            w = torch.randn(shape, generator=generator, device=gen_device)
+            b = torch.randn((n_nets, cout), generator=generator, device=gen_device)
+            ks.append(k)
+            ws.append(w.expand(batch, *shape[1:]))
+            bs.append(b.expand(batch, cout))
+        alphas = torch.rand((batch,), generator=generator, device=gen_device)
+        dev = torch.device(device) if device is not None else gen_device
+        return cls(tuple(ks), [w.to(dev) for w in ws], [b.to(dev) for b in bs], alphas.to(dev), cfg)
+
+    def to(self, device: torch.device | str) -> GINParams:
+        """The same draw on another device."""
+        return replace(self, weights=[w.to(device) for w in self.weights],
+                       biases=[b.to(device) for b in self.biases], alphas=self.alphas.to(device))

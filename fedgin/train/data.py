@@ -1,0 +1,160 @@
+"""Loading a site's data: MSD layout -> MONAI pipeline -> cached volumes with fedgin's organ labels."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import CacheDataset, load_decathlon_datalist
+from monai.transforms import (
+    Compose,
+    LoadImaged,
+    Orientationd,
+    Resized,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+)
+from torch import Tensor
+
+from fedgin.config import DataConfig, SiteConfig, TestSetConfig
+
+
+@dataclass
+class Case:
+    """One patient after loading: ``image`` [1, X, Y, Z] float32 in [0, 1], ``label`` [1, X, Y, Z] organ ids."""
+
+    name: str
+    image: Tensor
+    label: Tensor
+
+
+def phantom_dir(data: DataConfig, modality: str, cases: int, seed: int) -> Path:
+    """The phantom data set for these settings, generated once into the cache (deterministic per seed)."""
+    root = Path(data.cache_dir) if data.cache_dir else Path.home() / ".cache" / "fedgin" / "phantom"
+    out = root / f"{modality}-s{data.size}-d{data.depth}-n{cases}-seed{seed}"
+    if (out / "dataset.json").is_file():
+        return out
+    from fedgin.data.phantom import write_dataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=root))
+    write_dataset(tmp / "ds", modality, cases, size=data.size, depth=data.depth, seed=seed, overwrite=True)
+    try:
+        os.replace(tmp / "ds", out)
+    except OSError:  # another process cached it first
+        if not (out / "dataset.json").is_file():
+            raise
+    finally:
+        for p in sorted(tmp.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        tmp.rmdir()
+    return out
+
+
+def list_cases(root: str | Path, limit: int = 0) -> list[dict]:
+    """The ``training`` items of an MSD ``dataset.json`` (absolute paths, ``name`` added), checked to exist."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data directory {root} does not exist")
+    spec = root / "dataset.json"
+    if not spec.is_file():
+        raise FileNotFoundError(f"{spec} is missing (expected the MSD layout: imagesTr/, labelsTr/, dataset.json)")
+    try:
+        items = load_decathlon_datalist(spec, is_segmentation=True, data_list_key="training", base_dir=root)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{spec}: no usable 'training' list ({err})") from None
+    if not items:
+        raise ValueError(f"{spec}: the 'training' list is empty (a site with no cases)")
+    items = items[:limit] if limit else items
+    for item in items:
+        for key in ("image", "label"):
+            if not Path(item[key]).is_file():
+                raise FileNotFoundError(f"{spec}: {key} file {item[key]} does not exist")
+        shape_i, shape_l = nib.load(item["image"]).shape[:3], nib.load(item["label"]).shape[:3]
+        if shape_i != shape_l:
+            raise ValueError(f"{item['label']}: label shape {shape_l} differs from image shape {shape_i}")
+        item["name"] = Path(item["image"]).name.split(".")[0]
+    return items
+
+
+def dataset_labels(root: str | Path) -> dict[int, str]:
+    """The ``labels`` of a ``dataset.json`` as {id: name}."""
+    import json
+
+    labels = json.loads((Path(root) / "dataset.json").read_text()).get("labels", {})
+    return {int(k): str(v) for k, v in labels.items()}
+
+
+def label_lut(label_map: dict[int, str], organs: list[str]) -> dict[int, int]:
+    """Data set label id -> fedgin class index (0 background, i + 1 for ``organs[i]``)."""
+    index = {name.lower(): i + 1 for i, name in enumerate(organs)}
+    return {int(k): 0 if v.lower() == "background" else index[v.lower()] for k, v in label_map.items()}
+
+
+def default_label_map(root: Path, organs: list[str]) -> dict[int, str]:
+    """Map by name from ``dataset.json``'s labels; data set organs fedgin does not train become background."""
+    wanted = {o.lower() for o in organs}
+    return {k: (v if v.lower() in wanted else "background") for k, v in dataset_labels(root).items()} or {0: "background"}
+
+
+def intensity_transform(modality: str, data: DataConfig):
+    """CT: clip to the HU window and scale to [0, 1]; MRI: percentile scale to [0, 1]."""
+    if modality == "ct":
+        lo, hi = data.ct_window
+        return ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+    lo, hi = data.mri_percentiles
+    return ScaleIntensityRangePercentilesd("image", lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
+
+
+def load_source(src: SiteConfig | TestSetConfig, data: DataConfig, *, progress: bool = False) -> list[Case]:
+    """Every case of a site or test set, loaded, normalized, resized and relabelled."""
+    root = Path(src.data_dir) if src.data_dir else phantom_dir(data, src.modality, src.cases, src.seed)
+    items = list_cases(root, 0 if src.data_dir is None else src.cases)
+    label_map = src.label_map if src.label_map is not None else default_label_map(root, data.organs)
+    lut = label_lut(label_map, data.organs)
+    depth = data.depth if data.dims == "3d" else -1
+    transform = Compose([
+        LoadImaged(("image", "label"), reader="NibabelReader", ensure_channel_first=True, image_only=True),
+        Orientationd(("image", "label"), axcodes="RAS", labels=None),
+        intensity_transform(src.modality, data),
+        Resized(("image", "label"), spatial_size=(data.size, data.size, depth), mode=("area", "nearest")),
+    ])
+    cached = CacheDataset(items, transform, progress=progress, num_workers=0)
+    cases = []
+    for item, loaded in zip(items, cached, strict=True):
+        cases.append(Case(item["name"], torch.as_tensor(loaded["image"]).float().contiguous(),
+                          _relabel(loaded["label"], lut, item["label"])))
+    return cases
+
+
+def _relabel(label, lut: dict[int, int], path: str) -> Tensor:
+    arr = np.rint(np.asarray(label)).astype(np.int64)
+    found = np.unique(arr)
+    unknown = sorted(set(found.tolist()) - set(lut))
+    if unknown:
+        raise ValueError(f"{path}: label values {unknown} are not in the site's label map {sorted(lut)}")
+    table = np.zeros(int(found.max()) + 1, dtype=np.uint8)
+    for k, v in lut.items():
+        if 0 <= k < table.size:
+            table[k] = v
+    return torch.from_numpy(table[arr])
+
+
+def split(cases: list[Case], val_cases: int, where: str) -> tuple[list[Case], list[Case]]:
+    """The last ``val_cases`` patients for validation, the rest for training (at least one)."""
+    if len(cases) - val_cases < 1:
+        raise ValueError(f"{where}: {len(cases)} case(s) leave none for training after {val_cases} for validation")
+    return cases[: len(cases) - val_cases], cases[len(cases) - val_cases:]
+
+
+def training_tensors(cases: list[Case], dims: str) -> tuple[Tensor, Tensor]:
+    """Stack cases into training samples: axial slices [N, 1, X, Y] (``"2d"``) or volumes [N, 1, X, Y, Z]."""
+    if dims == "3d":
+        return torch.stack([c.image for c in cases]), torch.stack([c.label for c in cases])
+    images = torch.cat([c.image.permute(3, 0, 1, 2) for c in cases])
+    labels = torch.cat([c.label.permute(3, 0, 1, 2) for c in cases])
+    return images.contiguous(), labels.contiguous()

@@ -1,0 +1,123 @@
+"""Compile every kernel specialization the dispatcher produces for sm_90, on a machine without a GPU.
+
+The interpreter accepts code the GPU compiler rejects, so CI runs ``python -m fedgin.kernels.aot``
+(without ``TRITON_INTERPRET``); it prints registers and spills per specialization (from ptxas -v)
+and exits non-zero if any fails to compile.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import gin
+from .launch import PBLOCK, SCALE_BLOCK, make_plan, stream_args
+
+TARGET = GPUTarget("cuda", 90, 32)
+_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+_FLOATS = ("slope", "eps")
+
+
+class _Shape:
+    """Stand-in for :class:`fedgin.GINParams` with just what the launch arguments need."""
+
+    def __init__(self, kernel_sizes: tuple[int, ...], channels: int, interm: int) -> None:
+        from fedgin.params import GINConfig
+
+        self.kernel_sizes = kernel_sizes
+        self.config = GINConfig(in_channels=channels, interm_channels=interm, n_layers=len(kernel_sizes))
+
+
+def specializations() -> Iterator[tuple[tuple[int, ...], tuple[int, ...], torch.dtype, int, int]]:
+    """(shape, kernel sizes, dtype, C, M): every tile shape the planner picks, every dtype and mode,
+    and the extremes of the layer configs (1x1/5x5 kernels, 2 and 8 layers, C 1 and 4, M 1 and 8)."""
+    k4 = (3, 3, 3, 3)
+    for h, w in ((7, 5), (70, 20), (100, 56), (512, 300)):  # 2D column tiles 16 .. 64, bands 1 .. 16
+        yield (2, 3, h, w), k4, torch.float32, 3, 2
+    for d, h, w in ((5, 7, 9), (4, 20, 20), (16, 128, 128), (5, 7, 300)):  # 3D tiles 16 .. 32
+        yield (2, 3, d, h, w), k4, torch.float32, 3, 2
+    for dtype in (torch.bfloat16, torch.float16):
+        yield (64, 3, 256, 256), k4, dtype, 3, 2
+        yield (2, 3, 128, 128, 128), k4, dtype, 3, 2
+    for shape in ((8, 1, 192, 192), (2, 1, 64, 64, 64)):
+        yield shape, (1, 3, 1, 3), torch.float32, 1, 2
+        yield shape, (5, 5), torch.float32, 1, 1
+        yield shape, (1, 1), torch.float32, 1, 1
+    yield (4, 4, 64, 64), (3,) * 8, torch.float32, 4, 8
+    yield (2, 4, 32, 32, 32), (3, 1), torch.float32, 4, 8
+
+
+def _signature(kernel, args: dict, dtype: torch.dtype) -> tuple[dict, dict]:
+    names = kernel.arg_names
+    sig, const = {}, {}
+    for name in names:
+        if name in ("x_ptr", "out_ptr"):
+            sig[name] = _PTR[dtype]
+        elif name.endswith("_ptr"):
+            sig[name] = "*fp32"
+        elif kernel.params[names.index(name)].is_constexpr:
+            sig[name], const[name] = "constexpr", args[name]
+        else:
+            sig[name] = "fp32" if name in _FLOATS else "i32"
+    return sig, const
+
+
+def _ptxas_report(ptx: str) -> str:
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        res = subprocess.run([str(ptxas), "-v", "--gpu-name", "sm_90a", str(src), "-o", os.devnull],
+                             capture_output=True, text=True, check=True)
+    return " | ".join(line.split("info    : ")[-1].strip() for line in res.stderr.splitlines()
+                      if "registers" in line or "spill" in line)
+
+
+def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int) -> str:
+    """Compile one stream-kernel specialization for sm_90; returns the ptxas register/spill report."""
+    params = _Shape(tuple(kernel_sizes), channels, interm)
+    plan = make_plan(tuple(shape), params.kernel_sizes)
+    args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 1}
+    sig, const = _signature(gin.gin_stream_kernel, args, dtype)
+    compiled = triton.compile(ASTSource(gin.gin_stream_kernel, sig, const), target=TARGET,
+                              options={"num_warps": plan.num_warps})
+    return f"{plan} | {_ptxas_report(compiled.asm['ptx'])}"
+
+
+def compile_scale(dtype: torch.dtype) -> str:
+    args = {"BLOCK": SCALE_BLOCK, "PBLOCK": PBLOCK}
+    sig, const = _signature(gin.gin_scale_kernel, args, dtype)
+    compiled = triton.compile(ASTSource(gin.gin_scale_kernel, sig, const), target=TARGET, options={"num_warps": 4})
+    return _ptxas_report(compiled.asm["ptx"])
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: this compiles for the GPU", file=sys.stderr)
+        return 2
+    failures = 0
+    for dtype in _PTR:
+        print(f"scale {dtype}: {compile_scale(dtype)}")
+    for shape, ks, dtype, c, m in specializations():
+        modes = (gin.NORMS_ONLY, gin.STORE_SCALED) if dtype == torch.float16 else (gin.STORE_UNSCALED,)
+        for mode in modes:
+            label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode}"
+            try:
+                print(f"{label}: {compile_stream(shape, ks, dtype, c, m, int(mode))}", flush=True)
+            except Exception as err:  # report every failing specialization, then fail
+                failures += 1
+                print(f"{label}: FAILED {type(err).__name__}: {err}", flush=True)
+    print(f"{failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""The fused GIN kernel family (2D and 3D share every line through constexprs).
+
+Layout. A sample is viewed as ``[C, S, P, W]``: 3D volumes as ``[C, D, H, W]``; 2D images as
+``[C, H, 1, W]``. A program owns one tile of ``TH x TW`` lanes and streams it along S, one plane per
+step, pushing each plane through the whole conv stack before it loads the next one:
+
+- 3D: the lanes are a ``TH x TW`` tile of the (H, W) plane; all rows stream the same D chunk.
+- 2D: the lanes are ``TH`` independent row bands of one ``TW``-wide column tile; band ``i``
+  streams its own chunk of ``ZC`` rows (no conv across bands).
+
+Every conv is written as a scatter: the plane arriving at stream coordinate ``c`` adds its
+contributions to the ``k`` output planes ``c - r .. c + r`` it touches; ``k - 1`` pending partial
+planes per output channel are carried in registers from step to step, and plane ``c - r`` leaves
+complete (bias, leaky ReLU, zero padding) as the next layer's arriving plane. Neighbours within a
+plane come from global memory (L1-hot) for the input layer and from ``tl.gather`` (on-chip) for
+later layers; the tile's border lanes go stale by the radius of each later layer, so only the
+interior (``RH`` = the sum of those radii from each side) is stored. Nothing but the output and
+a few partial sums leaves the chip.
+
+The Frobenius renormalization needs the whole sample: each program writes its partial sums of
+``x^2`` and ``mixed^2`` (deterministic, no atomics); see :mod:`fedgin.kernels.launch` for the modes.
+"""
+import triton
+import triton.language as tl
+
+# MODE: what the stream kernel does with the mixed output.
+STORE_UNSCALED = tl.constexpr(0)  # store mixed, write partial norms (a scale pass follows)
+NORMS_ONLY = tl.constexpr(1)  # write partial norms only (first pass of the recompute path)
+STORE_SCALED = tl.constexpr(2)  # reduce this sample's partial norms first, store the renormalized output
+
+
+@triton.jit
+def sample_base(b, c, C, N):
+    """Element offset of channel ``c`` of sample ``b`` in a contiguous [B, C, N] tensor, in int64."""
+    return (b.to(tl.int64) * C + c) * N
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _total(t):
+    """Sum of a 2D tile (``tl.reduce`` with a local combine: ``tl.sum`` cannot run in the CPU interpreter copy)."""
+    return tl.reduce(tl.reduce(t, 1, _add), 0, _add)
+
+
+@triton.jit
+def _sample_scale(part_ptr, b, n_tiles, eps, PBLOCK: tl.constexpr):
+    """``||x_b|| / (||mixed_b|| + eps)`` from the sample's per-tile partial sums, in a fixed order."""
+    sx = tl.full((PBLOCK,), 0.0, tl.float32)
+    sm = tl.full((PBLOCK,), 0.0, tl.float32)
+    for s0 in range(0, n_tiles, PBLOCK):
+        idx = s0 + tl.arange(0, PBLOCK)
+        q = part_ptr + (b.to(tl.int64) * n_tiles + idx) * 2
+        sx += tl.load(q, mask=idx < n_tiles, other=0.0)
+        sm += tl.load(q + 1, mask=idx < n_tiles, other=0.0)
+    return tl.sqrt(tl.reduce(sx, 0, _add)) / (tl.sqrt(tl.reduce(sm, 0, _add)) + eps)
+
+
+@triton.jit
+def _shift(t, dp: tl.constexpr, dw: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr):
+    """``t[i + dp, j + dw]`` on the tile (clamped at the tile edge: those lanes are halo)."""
+    if dw != 0:
+        j = tl.broadcast_to(tl.arange(0, TW)[None, :], (TH, TW))
+        t = tl.gather(t, tl.minimum(tl.maximum(j + dw, 0), TW - 1), 1)
+    if dp != 0:
+        i = tl.broadcast_to(tl.arange(0, TH)[:, None], (TH, TW))
+        t = tl.gather(t, tl.minimum(tl.maximum(i + dp, 0), TH - 1), 0)
+    return t
+
+
+@triton.jit
+def _scatter(acc, v, w_ptr, CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+             ci: tl.constexpr, dpi: tl.constexpr, dwi: tl.constexpr):
+    """Add one shifted input plane ``v`` to all ``COUT x K`` accumulators (weights [COUT, CIN, K, KP, K])."""
+    new = ()
+    for co in tl.static_range(COUT):
+        for m in tl.static_range(K):
+            w = tl.load(w_ptr + (((co * CIN + ci) * K + (K - 1 - m)) * KP + dpi) * K + dwi)
+            new = new + (acc[co * K + m] + w * v,)
+    return new
+
+
+@triton.jit
+def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_done_ok, slope,
+           CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
+           LAST: tl.constexpr, W, TH: tl.constexpr, TW: tl.constexpr):
+    """One layer's step: scatter the arriving plane, return (the completed plane, the new pending planes).
+
+    ``cur``: the arriving plane (CIN tensors), unused for the first layer, which loads the input at
+    offsets ``xoff`` instead. Weights at ``w_ptr`` ([COUT, CIN, K, KP, K]), then the COUT biases.
+    """
+    R: tl.constexpr = K // 2
+    RP: tl.constexpr = KP // 2
+    acc = ()
+    for co in tl.static_range(COUT):
+        for m in tl.static_range(K):
+            if m < K - 1:
+                acc = acc + (pend[co * (K - 1) + m],)
+            else:
+                acc = acc + (tl.full((TH, TW), 0.0, tl.float32),)
+    for ci in tl.static_range(CIN):
+        for dwi in tl.static_range(K):
+            if not FIRST:
+                vw = _shift(cur[ci], 0, dwi - R, TH, TW)
+            for dpi in tl.static_range(KP):
+                if FIRST:
+                    dp = dpi - RP
+                    dw = dwi - R
+                    ok = zok & (prow + dp >= 0) & (prow + dp < P) & (cols + dw >= 0) & (cols + dw < W)
+                    v = tl.load(x_ptr + N * ci + (xoff + (dp * W + dw)), mask=ok, other=0.0).to(tl.float32)
+                else:
+                    v = _shift(vw, dpi - RP, 0, TH, TW)
+                acc = _scatter(acc, v, w_ptr, CIN, COUT, K, KP, ci, dpi, dwi)
+    b_ptr = w_ptr + COUT * CIN * K * KP * K
+    done = ()
+    new_pend = ()
+    for co in tl.static_range(COUT):
+        h = acc[co * K] + tl.load(b_ptr + co)
+        if not LAST:
+            h = tl.where(h >= 0, h, h * slope)
+            h = tl.where(plane_ok & z_done_ok, h, 0.0)  # zero padding for the next layer
+        done = done + (h,)
+        for m in tl.static_range(1, K):
+            new_pend = new_pend + (acc[co * K + m],)
+    return done, new_pend
+
+
+@triton.jit
+def gin_stream_kernel(
+    x_ptr, out_ptr, prm_ptr, part_ptr,
+    S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, slope, eps,
+    CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
+    RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
+):
+    """GIN over one tile of one sample; grid ``(n_tiles, B)``. See the module docstring.
+
+    ``CH``: channels at each layer boundary (C, M, ..., M, C); ``OFF``: offset of each layer's packed
+    weights and biases in a sample's parameter row. ``KS``: kernel size per layer (along S and W);
+    ``KPS``: along P (``KS`` in 3D, all 1 in 2D).
+    ``RS``: sum of the radii (the halo along S); ``RH``: the in-plane halo (``RS`` less the first
+    layer's radius: that layer reads true neighbours from memory). ``BANDS``: 2D band layout. Parameters per sample
+    (``prm_stride`` floats): per layer weights [COUT, CIN, K, KP, K] and biases, then alpha.
+    """
+    L: tl.constexpr = len(KS)
+    C: tl.constexpr = CH[0]
+    RP: tl.constexpr = 0 if BANDS else RH
+    tile = tl.program_id(0)
+    b = tl.program_id(1)
+    N = S * P * W
+    N64 = N.to(tl.int64)
+    PW = P * W
+    wt = tile % n_wt
+    pt = (tile // n_wt) % n_pt
+    zt = tile // (n_wt * n_pt)
+
+    rows = tl.arange(0, TH)[:, None]
+    cols = (wt * (TW - 2 * RH) - RH + tl.arange(0, TW))[None, :]
+    if BANDS:
+        zlo = zt * (TH * zc) + rows * zc  # [TH, 1]: each row band streams its own chunk
+        prow = rows * 0
+    else:
+        zlo = zt * zc + rows * 0
+        prow = pt * (TH - 2 * RP) - RP + rows
+    zhi = tl.minimum(zlo + zc, S)
+    col_ok = (cols >= 0) & (cols < W)
+    row_ok = (prow >= 0) & (prow < P)
+    plane_ok = row_ok & col_ok
+    own = col_ok & (cols >= wt * (TW - 2 * RH)) & (cols < (wt + 1) * (TW - 2 * RH))
+    if BANDS:
+        own = own & row_ok
+    else:
+        own = own & row_ok & (rows >= RP) & (rows < TH - RP)
+    xoff0 = prow * W + cols  # in-plane offset of each lane
+
+    x_b = x_ptr + sample_base(b, 0, C, N)
+    o_b = out_ptr + sample_base(b, 0, C, N)
+    p_b = prm_ptr + b.to(tl.int64) * prm_stride
+    alpha = tl.load(p_b + prm_stride - 1)
+
+    scale = 1.0
+    if MODE == STORE_SCALED:
+        scale = _sample_scale(part_ptr, b, n_tiles, eps, PBLOCK)
+
+    # pending partial planes of every layer: COUT * (K - 1) tiles each
+    pend = ()
+    for l in tl.static_range(L):
+        layer_pend = ()
+        for _ in tl.static_range(CH[l + 1] * (KS[l] - 1)):
+            layer_pend = layer_pend + (tl.full((TH, TW), 0.0, tl.float32),)
+        pend = pend + (layer_pend,)
+    acc_x = tl.full((TH, TW), 0.0, tl.float32)
+    acc_m = tl.full((TH, TW), 0.0, tl.float32)
+
+    for t in range(n_steps):
+        z = zlo - RS + t  # coordinate of the arriving input plane, [TH, 1]
+        zok = (z >= 0) & (z < S)
+        xoff = z * PW + xoff0
+        cur = ()
+        new_pend = ()
+        zd = z
+        for l in tl.static_range(L):
+            zd = zd - KS[l] // 2  # coordinate of the plane this layer completes
+            w_ptr = p_b + OFF[l]
+            cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok,
+                             (zd >= 0) & (zd < S), slope, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1,
+                             W, TH, TW)
+            new_pend = new_pend + (lp,)
+        pend = new_pend
+        # zd == z - RS: the output plane that just completed
+        keep = own & (zd >= zlo) & (zd < zhi)
+        ooff = zd * PW + xoff0
+        for c in tl.static_range(C):
+            xv = tl.load(x_b + N64 * c + ooff, mask=keep, other=0.0).to(tl.float32)
+            mixed = alpha * cur[c] + (1.0 - alpha) * xv
+            mixed = tl.where(keep, mixed, 0.0)
+            if MODE != STORE_SCALED:
+                acc_x += xv * xv
+                acc_m += mixed * mixed
+            if MODE == STORE_UNSCALED:
+                tl.store(o_b + N64 * c + ooff, mixed.to(out_ptr.dtype.element_ty), mask=keep)
+            if MODE == STORE_SCALED:
+                tl.store(o_b + N64 * c + ooff, (mixed * scale).to(out_ptr.dtype.element_ty), mask=keep)
+
+    if MODE != STORE_SCALED:
+        q = part_ptr + (b.to(tl.int64) * n_tiles + tile) * 2
+        tl.store(q, _total(acc_x))
+        tl.store(q + 1, _total(acc_m))
+
+
+@triton.jit
+def gin_scale_kernel(out_ptr, part_ptr, n_tiles, numel, eps, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
+    """Renormalize stored mixed values in place: ``out[b] *= ||x_b|| / (||mixed_b|| + eps)``; grid (blocks, B)."""
+    b = tl.program_id(1)
+    scale = _sample_scale(part_ptr, b, n_tiles, eps, PBLOCK)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    ptr = out_ptr + sample_base(b, 0, 1, numel) + offs
+    v = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    tl.store(ptr, (v * scale).to(out_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,189 @@
+"""Host side of the fused GIN kernel: support check, parameter packing, tile plan, the launches.
+
+Two launches per call, because the Frobenius renormalization needs the whole sample before any
+element can be final:
+
+- float32 and bfloat16 output: the stream kernel stores the unscaled mix and per-tile partial norms,
+  then a light elementwise pass (one read and one write of the output) scales each sample.
+  bfloat16 has float32's exponent range, so the unscaled mix cannot overflow.
+- float16 output: the unscaled mix can exceed float16's range (the random stack amplifies by
+  ~10^2-10^3), so the first pass writes only the partial norms and the second recomputes the stack
+  and stores the renormalized output.
+
+The partial norms are per tile and reduced in a fixed order: the result is deterministic.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+import triton
+from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
+
+from . import gin as gin_module
+from .gin import NORMS_ONLY, STORE_SCALED, STORE_UNSCALED
+
+MAX_CHANNELS = 4
+MAX_INTERM = 8
+MAX_LAYERS = 8
+KERNEL_SIZES = (1, 3, 5)
+IO_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SCALE_BLOCK = 1024
+PBLOCK = 128
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Tile shape, stream chunk and grid of one call. ``bands``: the 2D row-band layout."""
+
+    th: int
+    tw: int
+    zc: int
+    n_zt: int
+    n_pt: int
+    n_wt: int
+    bands: bool
+    num_warps: int
+
+    @property
+    def n_tiles(self) -> int:
+        return self.n_zt * self.n_pt * self.n_wt
+
+
+def unsupported_reason(x: Tensor, params) -> str | None:
+    """``None`` if the fused kernel runs ``x`` with ``params``; else what it cannot do."""
+    cfg = params.config
+    if x.dtype not in IO_DTYPES:
+        return f"dtype {x.dtype} (float32, float16 or bfloat16 only)"
+    if not 1 <= cfg.in_channels <= MAX_CHANNELS:
+        return f"{cfg.in_channels} channels (1 to {MAX_CHANNELS})"
+    if not 1 <= cfg.interm_channels <= MAX_INTERM:
+        return f"{cfg.interm_channels} intermediate channels (1 to {MAX_INTERM})"
+    if not 2 <= len(params.kernel_sizes) <= MAX_LAYERS:
+        return f"{len(params.kernel_sizes)} layers (2 to {MAX_LAYERS})"
+    if any(k not in KERNEL_SIZES for k in params.kernel_sizes):
+        return f"kernel sizes {params.kernel_sizes} (each one of {KERNEL_SIZES})"
+    if not (x.is_cuda or x.device.type == "cpu"):
+        return f"device {x.device} (CUDA, or the CPU through Triton's interpreter)"
+    if math.prod(x.shape[2:]) >= 2**31:
+        return "one channel of one sample has 2^31 or more elements"
+    return None
+
+
+def pack_params(params, spatial_dims: int) -> Tensor:
+    """Per sample, one float32 row: per layer weights as [COUT, CIN, K, KP, K] and biases, then alpha."""
+    rows = []
+    for w, b in zip(params.weights, params.biases, strict=True):
+        if spatial_dims == 2:  # [B, co, ci, kh, kw]: H streams, no conv along the unit P axis
+            w = w.unsqueeze(4)
+        rows += [w.reshape(w.shape[0], -1), b]
+    rows.append(params.alphas.reshape(-1, 1))
+    return torch.cat([r.to(torch.float32) for r in rows], dim=1).contiguous()
+
+
+def _pow2_at_least(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...]) -> Plan:
+    """Choose tiles for ``shape`` [B, C, *S]: the in-plane halo of every tile is recomputed, so tiles are
+    as wide as the image needs (2D up to 64 columns, 3D up to 32 x 32); 2D streams row bands of up to
+    32 rows, 3D streams (H, W) tiles along chunks of up to 32 planes; about 4 lanes per thread."""
+    halo = sum(k // 2 for k in kernel_sizes[1:])
+    if len(shape) == 4:
+        _, _, h, w = shape
+        tw = _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 64)
+        zc = min(h, 32)
+        th = _pow2_at_least(triton.cdiv(h, zc), 1, 16)
+        n_zt, n_pt = triton.cdiv(h, th * zc), 1
+        bands = True
+    else:
+        _, _, d, h, w = shape
+        # 32 x 32 on 8 warps: 4 lanes a thread; 32 x 64 spilled heavily (ptxas, sm_90, see bench/NOTES.md)
+        tw = _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 32)
+        th = _pow2_at_least(h + 2 * halo, max(8, triton.next_power_of_2(2 * halo + 4)), 32)
+        zc = min(d, 32)
+        n_zt, n_pt = triton.cdiv(d, zc), triton.cdiv(h, th - 2 * halo)
+        bands = False
+    n_wt = triton.cdiv(w, tw - 2 * halo)
+    num_warps = max(1, min(8, th * tw // 128))
+    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps)
+
+
+@functools.cache
+def _interpreted_kernels() -> ModuleType:
+    """A second copy of :mod:`.gin` whose functions all run in Triton's interpreter (for CPU tensors)."""
+    spec = importlib.util.find_spec(f"{__package__}.gin")
+    module = importlib.util.module_from_spec(spec)
+    with triton.knobs.runtime.scope():
+        triton.knobs.runtime.interpret = True
+        spec.loader.exec_module(module)
+    return module
+
+
+def _runner(name: str, x: Tensor):
+    """Kernel ``name`` of :mod:`.gin`: compiled for CUDA tensors, interpreted for CPU tensors."""
+    kernel = getattr(gin_module, name)
+    if x.is_cuda or isinstance(kernel, InterpretedFunction):
+        return kernel
+    return getattr(_interpreted_kernels(), name)
+
+
+def stream_args(x: Tensor, params, plan: Plan) -> dict:
+    """Runtime and constexpr arguments of :func:`.gin.gin_stream_kernel`, less the pointers and MODE."""
+    ks = tuple(params.kernel_sizes)
+    spatial_dims = x.dim() - 2
+    s, p, w = (x.shape[2], 1, x.shape[3]) if spatial_dims == 2 else tuple(x.shape[2:])
+    rs = sum(k // 2 for k in ks)
+    kps = ks if spatial_dims == 3 else (1,) * len(ks)
+    layers = params.config.channels()
+    ch = [layers[0][0]] + [cout for _, cout in layers]
+    off = [0]
+    for (cin, cout), k, kp in zip(layers, ks, kps, strict=True):
+        off.append(off[-1] + cout * cin * k * kp * k + cout)
+    return dict(
+        S=s, P=p, W=w, zc=plan.zc, n_steps=plan.zc + 2 * rs, n_wt=plan.n_wt, n_pt=plan.n_pt,
+        n_tiles=plan.n_tiles, slope=float(params.config.slope), eps=float(params.config.eps),
+        CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
+        KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
+        TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, num_warps=plan.num_warps,
+    )
+
+
+def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = None) -> Tensor:
+    """GIN of ``x`` [B, C, *S] with ``params`` in two launches; ``x`` is made contiguous if it is not.
+
+    Assumes the input checks of :func:`fedgin.gin.check_input` passed and
+    :func:`unsupported_reason` returned ``None``. ``out`` (optional) receives the result; ``plan``
+    (optional) overrides :func:`make_plan`'s tiles (tests use small tiles to cross tile borders).
+    """
+    x = x.contiguous()
+    if out is None:
+        out = torch.empty_like(x)
+    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous() or out.device != x.device:
+        raise ValueError("out must be a contiguous tensor of the input's shape, dtype and device")
+    bsz = x.shape[0]
+    plan = plan or make_plan(tuple(x.shape), tuple(params.kernel_sizes))
+    halo = sum(k // 2 for k in params.kernel_sizes[1:])
+    if plan.tw <= 2 * halo or (not plan.bands and plan.th <= 2 * halo):
+        raise ValueError(f"{plan} leaves no tile interior for an in-plane halo of {halo}")
+    prm = pack_params(params, x.dim() - 2)
+    part = torch.empty((bsz, plan.n_tiles, 2), dtype=torch.float32, device=x.device)
+    args = stream_args(x, params, plan)
+    stream = _runner("gin_stream_kernel", x)
+    grid = (plan.n_tiles, bsz)
+    if x.dtype == torch.float16:
+        stream[grid](x, out, prm, part, prm_stride=prm.shape[1], MODE=NORMS_ONLY, **args)
+        stream[grid](x, out, prm, part, prm_stride=prm.shape[1], MODE=STORE_SCALED, **args)
+    else:
+        stream[grid](x, out, prm, part, prm_stride=prm.shape[1], MODE=STORE_UNSCALED, **args)
+        numel = out[0].numel()
+        _runner("gin_scale_kernel", x)[(triton.cdiv(numel, SCALE_BLOCK), bsz)](
+            out, part, plan.n_tiles, numel, float(params.config.eps), BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK,
+            num_warps=4)
+    return out

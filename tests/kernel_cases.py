@@ -1,0 +1,34 @@
+"""Shared helpers for the kernel tests: explicit draws and the float64 comparison."""
+from __future__ import annotations
+
+import torch
+
+from fedgin import GINParams, reference_apply
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def draw(shape, kernel_sizes, interm=2, per_sample=True, seed=0, device="cpu") -> GINParams:
+    """A draw whose per-layer kernel sizes are exactly ``kernel_sizes`` (pool of one size per layer)."""
+    g = torch.Generator().manual_seed(seed)
+    ps = [GINParams.draw(shape[0], in_channels=shape[1], interm_channels=interm, n_layers=len(kernel_sizes),
+                         kernel_sizes=(k,), spatial_dims=len(shape) - 2, per_sample=per_sample, generator=g)
+          for k in kernel_sizes]
+    p = ps[0]
+    p.kernel_sizes = tuple(kernel_sizes)
+    p.weights = [q.weights[i] for i, q in enumerate(ps)]
+    p.biases = [q.biases[i] for i, q in enumerate(ps)]
+    return p.to(device)
+
+
+def image_like(shape, dtype, seed=0, device="cpu") -> torch.Tensor:
+    """Fresh random positive image-like values (never zeros)."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    return (torch.rand(shape, generator=g) * 2 + torch.randn(shape, generator=g).abs()).to(dtype).to(device)
+
+
+def rel_error(out: torch.Tensor, x: torch.Tensor, params: GINParams) -> float:
+    """||out - ref|| / ||ref|| against the float64 reference on the same (already rounded) input."""
+    ref = reference_apply(x.double(), params)
+    assert not torch.isnan(out).any(), "unwritten (NaN-poisoned) or NaN output"
+    return float((out.double() - ref).norm() / ref.norm())
