@@ -17,7 +17,7 @@ import yaml
 from fedgin.gin import make_config
 
 MODALITIES = ("ct", "mri-t1", "mri-t2")
-ORGANS = ("liver", "spleen", "right kidney", "left kidney", "pancreas", "gallbladder")
+ORGANS = ("liver", "spleen", "right_kidney", "left_kidney", "pancreas", "gallbladder")
 
 
 @dataclass
@@ -378,9 +378,15 @@ def _check_source(src, key: str, err, organs: list[str]) -> None:
         raise err(f"{key}.cases", "a phantom data set needs cases >= 1")
     if src.data_dir is not None and src.cases < 0:
         raise err(f"{key}.cases", "must be >= 0 (0: all cases)")
+    known = {organ_key(o) for o in organs}
     for lid, organ in (src.label_map or {}).items():
-        if organ != "background" and organ not in organs:
+        if organ_key(organ) != "background" and organ_key(organ) not in known:
             raise err(f"{key}.label_map.{lid}", f"{organ!r} is not in data.organs {organs} (or 'background')")
+
+
+def organ_key(name: str) -> str:
+    """An organ name for matching: ``"Right Kidney"``, ``"right_kidney"`` and ``"right-kidney"`` are one."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
 def gin_config(cfg: RunConfig):

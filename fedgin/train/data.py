@@ -1,15 +1,13 @@
 """Loading a site's data: MSD layout -> MONAI pipeline -> cached volumes with fedgin's organ labels."""
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import CacheDataset, load_decathlon_datalist
+from monai.data import CacheDataset
 from monai.transforms import (
     Compose,
     LoadImaged,
@@ -18,9 +16,12 @@ from monai.transforms import (
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
 )
+from monai.utils import convert_to_tensor
 from torch import Tensor
 
-from fedgin.config import DataConfig, SiteConfig, TestSetConfig
+from fedgin.config import DataConfig, SiteConfig, TestSetConfig, organ_key
+from fedgin.data.msd import load_dataset_json, read_dataset
+from fedgin.data.phantom import MIN_DEPTH, MIN_SIZE, write_dataset
 
 
 @dataclass
@@ -35,45 +36,21 @@ class Case:
 def phantom_dir(data: DataConfig, modality: str, cases: int, seed: int) -> Path:
     """The phantom data set for these settings, generated once into the cache (deterministic per seed)."""
     root = Path(data.cache_dir) if data.cache_dir else Path.home() / ".cache" / "fedgin" / "phantom"
-    out = root / f"{modality}-s{data.size}-d{data.depth}-n{cases}-seed{seed}"
-    if (out / "dataset.json").is_file():
-        return out
-    from fedgin.data.phantom import write_dataset
-
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=root))
-    write_dataset(tmp / "ds", modality, cases, size=data.size, depth=data.depth, seed=seed, overwrite=True)
-    try:
-        os.replace(tmp / "ds", out)
-    except OSError:  # another process cached it first
-        if not (out / "dataset.json").is_file():
-            raise
-    finally:
-        for p in sorted(tmp.rglob("*"), reverse=True):
-            p.unlink() if p.is_file() else p.rmdir()
-        tmp.rmdir()
+    size, depth = max(data.size, MIN_SIZE), max(data.depth, MIN_DEPTH)  # the loader resizes to data.size
+    out = root / f"{modality}-s{size}-d{depth}-n{cases}-seed{seed}"
+    if not (out / "dataset.json").is_file():
+        write_dataset(out, modality, cases, size=size, depth=depth, seed=seed, overwrite=True)
     return out
 
 
 def list_cases(root: str | Path, limit: int = 0) -> list[dict]:
-    """The ``training`` items of an MSD ``dataset.json`` (absolute paths, ``name`` added), checked to exist."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} does not exist")
-    spec = root / "dataset.json"
-    if not spec.is_file():
-        raise FileNotFoundError(f"{spec} is missing (expected the MSD layout: imagesTr/, labelsTr/, dataset.json)")
-    try:
-        items = load_decathlon_datalist(spec, is_segmentation=True, data_list_key="training", base_dir=root)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{spec}: no usable 'training' list ({err})") from None
-    if not items:
-        raise ValueError(f"{spec}: the 'training' list is empty (a site with no cases)")
+    """The training cases of an MSD data set (``image``, ``label``, ``name``), first ``limit`` (0: all).
+
+    Files must exist and each label must have its image's shape; errors name the file.
+    """
+    items = read_dataset(root)
     items = items[:limit] if limit else items
     for item in items:
-        for key in ("image", "label"):
-            if not Path(item[key]).is_file():
-                raise FileNotFoundError(f"{spec}: {key} file {item[key]} does not exist")
         shape_i, shape_l = nib.load(item["image"]).shape[:3], nib.load(item["label"]).shape[:3]
         if shape_i != shape_l:
             raise ValueError(f"{item['label']}: label shape {shape_l} differs from image shape {shape_i}")
@@ -83,22 +60,21 @@ def list_cases(root: str | Path, limit: int = 0) -> list[dict]:
 
 def dataset_labels(root: str | Path) -> dict[int, str]:
     """The ``labels`` of a ``dataset.json`` as {id: name}."""
-    import json
-
-    labels = json.loads((Path(root) / "dataset.json").read_text()).get("labels", {})
+    labels = load_dataset_json(root).get("labels", {})
     return {int(k): str(v) for k, v in labels.items()}
 
 
 def label_lut(label_map: dict[int, str], organs: list[str]) -> dict[int, int]:
     """Data set label id -> fedgin class index (0 background, i + 1 for ``organs[i]``)."""
-    index = {name.lower(): i + 1 for i, name in enumerate(organs)}
-    return {int(k): 0 if v.lower() == "background" else index[v.lower()] for k, v in label_map.items()}
+    index = {organ_key(name): i + 1 for i, name in enumerate(organs)}
+    return {int(k): 0 if organ_key(v) == "background" else index[organ_key(v)] for k, v in label_map.items()}
 
 
 def default_label_map(root: Path, organs: list[str]) -> dict[int, str]:
     """Map by name from ``dataset.json``'s labels; data set organs fedgin does not train become background."""
-    wanted = {o.lower() for o in organs}
-    return {k: (v if v.lower() in wanted else "background") for k, v in dataset_labels(root).items()} or {0: "background"}
+    wanted = {organ_key(o) for o in organs}
+    labels = {k: (v if organ_key(v) in wanted else "background") for k, v in dataset_labels(root).items()}
+    return labels or {0: "background"}
 
 
 def intensity_transform(modality: str, data: DataConfig):
@@ -117,22 +93,26 @@ def load_source(src: SiteConfig | TestSetConfig, data: DataConfig, *, progress: 
     label_map = src.label_map if src.label_map is not None else default_label_map(root, data.organs)
     lut = label_lut(label_map, data.organs)
     depth = data.depth if data.dims == "3d" else -1
-    transform = Compose([
+    load = Compose([
         LoadImaged(("image", "label"), reader="NibabelReader", ensure_channel_first=True, image_only=True),
         Orientationd(("image", "label"), axcodes="RAS", labels=None),
+    ])
+    prepare = Compose([
         intensity_transform(src.modality, data),
         Resized(("image", "label"), spatial_size=(data.size, data.size, depth), mode=("area", "nearest")),
     ])
-    cached = CacheDataset(items, transform, progress=progress, num_workers=0)
     cases = []
-    for item, loaded in zip(items, cached, strict=True):
-        cases.append(Case(item["name"], torch.as_tensor(loaded["image"]).float().contiguous(),
-                          _relabel(loaded["label"], lut, item["label"])))
+    for item, loaded in zip(items, CacheDataset(items, load, progress=progress, num_workers=0), strict=True):
+        loaded["label"] = _relabel(loaded["label"], lut, item["label"])  # on the raw label, before resizing
+        out = prepare(loaded)
+        image = convert_to_tensor(out["image"], dtype=torch.float32, track_meta=False).contiguous()
+        label = convert_to_tensor(out["label"], dtype=torch.uint8, track_meta=False).contiguous()
+        cases.append(Case(item["name"], image, label))
     return cases
 
 
 def _relabel(label, lut: dict[int, int], path: str) -> Tensor:
-    arr = np.rint(np.asarray(label)).astype(np.int64)
+    arr = np.rint(convert_to_tensor(label, track_meta=False).numpy()).astype(np.int64)
     found = np.unique(arr)
     unknown = sorted(set(found.tolist()) - set(lut))
     if unknown:

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# One GPU command: the GPU correctness tests (pytest -m gpu) and the `paper` benchmark preset, in under
+# 5 minutes on an H100. Everything it writes goes to $OUT (default bench/results/), six files, no folders:
+#   env.txt        nvidia-smi, versions, git commit, how fedgin was made importable
+#   gpu-tests.log  python -m pytest -q -m gpu <test files that use the gpu marker>
+#   bench.log      the suite's progress and output
+#   <date>-<device>-paper.json / .md / .png   the suite's report
+#
+# It installs nothing from a registry (the GPU machine has its own torch/triton and no network):
+# - fedgin.kernels / fedgin.bench (kernels/ and bench/ mapped in by setup.py's package_dir) must import from
+#   this checkout: as they are, else `pip install --no-deps --no-index --no-build-isolation -e .` (offline),
+#   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/.
+# - MONAI (the training-step rows) is not on that image: wheels in $FEDGIN_WHEELS (default .wheels/, e.g.
+#   `pip download monai nibabel --no-deps -d .wheels`, carried with the run) are unzipped into a temp dir on
+#   PYTHONPATH when the import fails. Without them the training-step rows are reported as skipped.
+# Knobs: GPU_SH_BUDGET_S (whole script, default 280 s), GPU_SH_TESTS_S (tests, default 100 s), GPU_SH_PRESET
+# (default paper; quick makes a CPU dry run of this script).
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-$ROOT/bench/results}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+TOTAL_S=${GPU_SH_BUDGET_S:-280}
+TESTS_S=${GPU_SH_TESTS_S:-100}
+PRESET=${GPU_SH_PRESET:-paper}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+importable() { "$PY" -c "import $1" >/dev/null 2>&1; }
+
+MODE="as is"
+if ! importable "fedgin.kernels, fedgin.bench"; then
+  if "$PY" -m pip install --no-deps --no-index --no-build-isolation -e . >"$TMP/pip.log" 2>&1 \
+      && importable "fedgin.kernels, fedgin.bench"; then
+    MODE="pip install --no-deps --no-index --no-build-isolation -e ."
+  else
+    cat >"$TMP/sitecustomize.py" <<'PYEOF'
+"""Written by bench/gpu.sh: fedgin.kernels and fedgin.bench from a source checkout (setup.py's package_dir)."""
+import importlib.util
+import os
+import sys
+
+_DIRS = {"fedgin.kernels": "kernels", "fedgin.bench": "bench"}
+
+
+class _CheckoutFinder:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name not in _DIRS:
+            return None
+        folder = os.path.join(os.environ["FEDGIN_SRC"], _DIRS[name])
+        return importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+
+
+sys.meta_path.insert(0, _CheckoutFinder)
+PYEOF
+    export FEDGIN_SRC="$ROOT" PYTHONPATH="$TMP:$PYTHONPATH"
+    MODE="sitecustomize shim (pip: $(tail -n 1 "$TMP/pip.log"))"
+  fi
+fi
+if ! importable "fedgin.kernels, fedgin.bench"; then
+  "$PY" -c "import fedgin.kernels, fedgin.bench" >"$OUT/env.txt" 2>&1
+  echo "gpu.sh: fedgin.kernels / fedgin.bench do not import (see $OUT/env.txt)" >&2
+  exit 1
+fi
+WHEELS=${FEDGIN_WHEELS:-$ROOT/.wheels}
+if ! importable monai && compgen -G "$WHEELS/*.whl" >/dev/null; then
+  for whl in "$WHEELS"/*.whl; do "$PY" -m zipfile -e "$whl" "$TMP/wheels"; done
+  export PYTHONPATH="$PYTHONPATH:$TMP/wheels"
+  MODE="$MODE; wheels unzipped from $WHEELS"
+fi
+
+{
+  echo "# bench/gpu.sh, $(date -u +%FT%TZ)"
+  nvidia-smi || echo "nvidia-smi: not available"
+  "$PY" - <<'PYEOF'
+import importlib
+import platform
+
+import torch
+
+print(f"python {platform.python_version()} torch {torch.__version__} CUDA {torch.version.cuda} "
+      f"cuDNN {torch.backends.cudnn.version()}")
+for name in ("triton", "monai", "numpy"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except ImportError as err:
+        print(name, "not importable:", err)
+print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device")
+PYEOF
+  echo "git commit: $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'unknown (no git or no .git here)')"
+  git -C "$ROOT" status --porcelain 2>/dev/null | head -n 30
+  echo "fedgin import: $MODE"
+  echo "PYTHONPATH=$PYTHONPATH"
+} >"$OUT/env.txt" 2>&1
+
+mapfile -t GPU_FILES < <(grep -l -E "mark\.gpu" tests/test_*.py 2>/dev/null)
+if ((${#GPU_FILES[@]})); then
+  timeout "$TESTS_S" "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_FILES[@]}" >"$OUT/gpu-tests.log" 2>&1
+  TESTS_RC=$?
+else
+  echo "no test file uses the gpu marker" >"$OUT/gpu-tests.log"
+  TESTS_RC=0
+fi
+((TESTS_RC == 124)) && echo "gpu.sh: the GPU tests ran past ${TESTS_S} s and were stopped" >>"$OUT/gpu-tests.log"
+
+LEFT=$((TOTAL_S - SECONDS))
+# the suite stops starting new work at --budget-s; one item (a torch.compile) can take ~60 s more
+timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench --preset "$PRESET" --out "$OUT" --budget-s "$((LEFT > 90 ? LEFT - 75 : 15))" \
+  >"$OUT/bench.log" 2>&1
+BENCH_RC=$?
+
+MD=$(ls -t "$OUT"/*-"$PRESET".md 2>/dev/null | head -n 1)
+[[ -n "$MD" ]] && cat "$MD"
+echo
+echo "== GPU tests (rc $TESTS_RC): $(tail -n 1 "$OUT/gpu-tests.log")"
+grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -n 20
+echo "== bench (rc $BENCH_RC): $(grep -E '^wrote ' "$OUT/bench.log" || tail -n 3 "$OUT/bench.log")"
+echo "== gpu.sh: ${SECONDS} s, files in $OUT"
+((TESTS_RC == 0 && BENCH_RC == 0))

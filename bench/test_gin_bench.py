@@ -1,0 +1,42 @@
+"""pytest-benchmark over the suite's registry: the ``quick`` preset's cases on a CPU (a smoke check, run once
+each), the ``paper`` preset's on a GPU. Every output is checked against the float64 reference.
+
+    python -m pytest bench -q --benchmark-json=bench.json     # medians in the JSON (GPU)
+"""
+import pytest
+import torch
+
+from fedgin import reference_apply
+
+from .cases import draw_params, get_preset, image_like
+from .registry import IMPLEMENTATIONS, skip_reason
+from .suite import TOLERANCE, relative_error
+from .timing import exact_fp32, sync
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+PRESET = get_preset("paper" if DEVICE.type == "cuda" else "quick")
+
+
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("case", PRESET.cases, ids=[c.id for c in PRESET.cases])
+def test_gin(benchmark, case, impl):
+    entry = IMPLEMENTATIONS[impl]
+    if entry.name == "compile" and DEVICE.type == "cpu":
+        pytest.skip("torch.compile takes ~20 s per shape on a CPU; `python -m bench` covers it")
+    reason = skip_reason(entry, case, DEVICE, PRESET.name, float("inf"))
+    if reason:
+        pytest.skip(reason)
+    params = draw_params(case, DEVICE, per_sample=not entry.shared_network, generator=torch.Generator().manual_seed(0))
+    x = image_like(case, DEVICE, torch.Generator(device=DEVICE).manual_seed(0))
+    fn = entry.prepare(case, DEVICE)
+
+    def call():
+        out = fn(x, params)
+        sync(DEVICE)
+        return out
+
+    with exact_fp32():
+        err = relative_error(call(), reference_apply(x.double(), params))
+    assert err <= TOLERANCE[case.dtype]
+    benchmark.extra_info.update(pixels=case.pixels, min_bytes=case.min_bytes, case=case.label, rel_error=err)
+    benchmark(call)

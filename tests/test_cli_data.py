@@ -1,0 +1,97 @@
+"""``fedgin synth`` and ``fedgin augment`` through the CLI entry point."""
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from fedgin import cli
+from fedgin.data.msd import load_nifti, read_dataset
+from fedgin.params import GINParams
+from fedgin.reference import reference_apply
+
+
+@pytest.fixture(autouse=True)
+def data_commands_only(monkeypatch):
+    """Build the parser from the two commands under test, whatever else the CLI lists."""
+    assert {"synth", "augment"} <= set(cli.COMMANDS)
+    monkeypatch.setattr(cli, "COMMANDS", ("synth", "augment"))
+
+
+@pytest.fixture
+def ct_slice(tmp_path):
+    assert cli.main(["synth", str(tmp_path / "ds"), "--cases", "1", "--size", "64", "--seed", "3"]) == 0
+    return read_dataset(tmp_path / "ds")[0]["image"]
+
+
+def test_synth_writes_2d_and_3d_datasets(tmp_path, capsys):
+    assert cli.main(["synth", str(tmp_path / "t2"), "--modality", "mri-t2", "--cases", "2", "--size", "64"]) == 0
+    items = read_dataset(tmp_path / "t2")
+    assert len(items) == 2 and load_nifti(items[0]["image"])[0].shape == (64, 64)
+    assert cli.main(["synth", str(tmp_path / "v"), "--cases", "1", "--size", "64", "--3d", "--depth", "8"]) == 0
+    assert load_nifti(read_dataset(tmp_path / "v")[0]["label"])[0].shape == (8, 64, 64)
+    assert cli.main(["synth", str(tmp_path / "t2"), "--cases", "1", "--size", "64"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert len(read_dataset(tmp_path / "t2")) == 2
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_augment_writes_seeded_gin_samples_and_preview(tmp_path, ct_slice, shared):
+    out = tmp_path / "aug"
+    argv = ["augment", ct_slice, str(out), "--n", "3", "--seed", "5", "--backend", "reference", "--normalize", "none"]
+    assert cli.main(argv + (["--shared"] if shared else [])) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["gin_000.nii.gz", "gin_001.nii.gz", "gin_002.nii.gz",
+                                                     "preview.png"]
+    x, affine, _ = load_nifti(ct_slice)
+    params = GINParams.draw(3, in_channels=1, per_sample=not shared, generator=torch.Generator().manual_seed(5))
+    expected = reference_apply(torch.from_numpy(x).expand(3, 1, *x.shape).contiguous(), params)[:, 0].numpy()
+    for i in range(3):
+        sample, sample_affine, header = load_nifti(out / f"gin_{i:03d}.nii.gz")
+        assert sample.dtype == np.float32 and sample.shape == x.shape
+        np.testing.assert_allclose(sample, expected[i], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(sample_affine, affine)
+    assert not np.allclose(expected[0], expected[1])
+    png = matplotlib.image.imread(out / "preview.png")
+    assert png.ndim == 3 and png.shape[0] > 50 and png.shape[1] > 200 and png.std() > 0
+
+
+def test_augment_a_volume(tmp_path):
+    assert cli.main(["synth", str(tmp_path / "v"), "--modality", "mri-t1", "--cases", "1", "--size", "64", "--3d",
+                     "--depth", "8"]) == 0
+    image = read_dataset(tmp_path / "v")[0]["image"]
+    assert cli.main(["augment", image, str(tmp_path / "aug"), "--n", "2", "--normalize", "zscore",
+                     "--kernel-sizes", "1", "3"]) == 0
+    sample = load_nifti(tmp_path / "aug" / "gin_001.nii.gz")[0]
+    assert sample.shape == (8, 64, 64)
+    assert cli.main(["augment", image, str(tmp_path / "aug01"), "--n", "1"]) == 0  # default: min-max to [0, 1]
+    x = load_nifti(image)[0]
+    x01 = (x - x.min()) / (x.max() - x.min())
+    norm = np.linalg.norm(load_nifti(tmp_path / "aug01" / "gin_000.nii.gz")[0])
+    assert abs(norm - np.linalg.norm(x01)) < 1e-3 * np.linalg.norm(x01)
+    assert abs(np.linalg.norm(sample) - np.sqrt(sample.size)) < 1e-2 * np.sqrt(sample.size)  # z-scored norm
+    assert (tmp_path / "aug" / "preview.png").is_file()
+
+
+def test_augment_bad_input_exits_2_and_leaves_nothing(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b garbage")
+    out = tmp_path / "out"
+    assert cli.main(["augment", str(corrupt), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt.nii.gz" in err and err.count("\n") == 1
+    assert not out.exists()
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert cli.main(["augment", str(tmp_path / "missing.nii.gz"), str(out)]) == 2
+    assert "missing.nii.gz" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_augment_does_not_overwrite_samples_unless_asked(tmp_path, ct_slice):
+    out = tmp_path / "aug"
+    out.mkdir()
+    (out / "gin_000.nii.gz").write_text("older result")
+    assert cli.main(["augment", ct_slice, str(out), "--n", "1"]) == 2
+    assert (out / "gin_000.nii.gz").read_text() == "older result"
+    assert cli.main(["augment", ct_slice, str(out), "--n", "1", "--overwrite"]) == 0
+    assert load_nifti(out / "gin_000.nii.gz")[0].shape == (64, 64)
+    assert sorted(p.name for p in out.iterdir()) == ["gin_000.nii.gz", "preview.png"]

@@ -1,0 +1,76 @@
+"""GPU checks of the fused kernel (bench/gpu.sh runs them): float64 reference, NaN-poisoned outputs,
+determinism, and 64-bit indexing on a real volume past 2^31 elements."""
+import pytest
+import torch
+
+from fedgin import gin_apply, reference_apply
+from fedgin.kernels import gin_fused
+
+from kernel_cases import TOL, draw, image_like, rel_error
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """cuDNN runs "float32" convolutions in TF32 by default: the reference must not."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+CASES = [
+    ((64, 3, 256, 256), (3, 3, 3, 3), 2),
+    ((32, 3, 192, 192), (1, 3, 1, 3), 2),
+    ((8, 1, 512, 512), (5, 3), 4),
+    ((3, 4, 37, 300), (3,) * 8, 8),
+    ((1, 1, 1, 1), (3, 3), 2),
+    ((2, 3, 128, 128, 128), (3, 3, 3, 3), 2),
+    ((2, 1, 1, 128, 128), (3, 3), 2),
+    ((2, 3, 5, 7, 300), (1, 3, 5), 3),
+    ((1, 4, 33, 65, 17), (3, 1, 3), 8),
+]
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16])
+@pytest.mark.parametrize("shape,ks,interm", CASES, ids=[f"{c[0]}-{c[1]}-M{c[2]}" for c in CASES])
+def test_matches_float64_reference_on_gpu(shape, ks, interm, dtype):
+    params = draw(shape, ks, interm, seed=sum(shape), device="cuda")
+    x = image_like(shape, dtype, seed=len(ks), device="cuda")
+    out = torch.full_like(x, float("nan"))
+    gin_fused(x, params, out=out)
+    torch.cuda.synchronize()
+    assert rel_error(out, x, params) <= TOL[dtype]
+
+
+def test_deterministic_and_same_as_reference_backend():
+    shape = (16, 3, 192, 192)
+    params = draw(shape, (3, 3, 3, 3), device="cuda")
+    x = image_like(shape, F32, device="cuda")
+    a, b = gin_fused(x, params), gin_fused(x, params)
+    assert torch.equal(a, b)
+    assert torch.allclose(gin_apply(x, params, backend="auto"), a)
+    ref = reference_apply(x, params)
+    assert float((a - ref).norm() / ref.norm()) <= TOL[F32]
+
+
+def test_past_2_pow_31_elements():
+    """B*C*D*H*W > 2^31: the last sample must match its own reference (no int32 wrap-around)."""
+    shape = (3, 4, 512, 512, 1024)
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip("needs about 40 GiB of free GPU memory")
+    params = draw(shape, (3, 3), device="cuda")
+    x = torch.empty(shape, dtype=BF16, device="cuda").uniform_(0.5, 2.0)
+    out = torch.full_like(x, float("nan"))
+    gin_fused(x, params, out=out)
+    last = (slice(2, 3),)
+    p_last = draw(shape[:0] + (1,) + shape[1:], (3, 3), device="cuda")
+    p_last.weights = [w[last] for w in params.weights]
+    p_last.biases = [b[last] for b in params.biases]
+    p_last.alphas = params.alphas[last]
+    ref = reference_apply(x[last].float(), p_last)
+    err = float((out[last].float() - ref).norm() / ref.norm())
+    assert not torch.isnan(out[last]).any() and err <= TOL[BF16]
