@@ -123,7 +123,7 @@ def _triton_supports(case: Case, device: torch.device) -> str | None:
         return f"fedgin.kernels is not importable ({err})"
     if device.type == "cpu" and case.elements > INTERPRETER_MAX_ELEMENTS:
         return (f"on the CPU the kernel runs in Triton's interpreter (about 1 s per 256 elements): only cases of "
-                f"at most {INTERPRETER_MAX_ELEMENTS} elements, this one has {case.elements}")
+                f"at most {INTERPRETER_MAX_ELEMENTS} elements")
     x = torch.empty((), dtype=case.torch_dtype, device=device).expand(case.shape)
     return unsupported_reason(x, draw_params(case, "cpu"))
 

@@ -45,7 +45,7 @@ def markdown(report: dict) -> str:
         "GB/s counts the least traffic (input read once, output written once); × ref is the speedup over "
         "reference eager in this run.",
         "",
-        "| case | impl | status | ms | ms (graph) | Gpix/s | GB/s | % copy | × ref | × ref (graph) | rel err | "
+        "| case | impl | status | ms | ms (graph) | Gpix/s | GB/s | of copy | × ref | × ref (graph) | rel err | "
         "extra MB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -54,14 +54,14 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['case']} | {r['impl']} | {_status(r, notes)} | {_fmt(r['ms'], '.4g')} | "
             f"{_fmt(r['ms_graph'], '.4g')} | {_fmt(r['gpix_s'], '.3g')} | {_fmt(r['gb_s'], '.3g')} | "
-            f"{_fmt(r['frac_copy'] and 100 * r['frac_copy'], '.1f')} | {_fmt(r['speedup'], '.2f')} | "
+            f"{_fmt(r['frac_copy'], '.1%')} | {_fmt(r['speedup'], '.2f')} | "
             f"{_fmt(r['speedup_graph'], '.2f')} | {_fmt(r['rel_error'], '.1e')} | {_fmt(r['extra_mb'], '.1f')} |")
     if report["e2e"]:
         lines += ["", "## Training step (end to end)", "",
                   "| step | impl | status | step ms | GIN ms | GIN share |", "|---|---|---|---:|---:|---:|"]
         for r in report["e2e"]:
             lines.append(f"| {r['case']} | {r['impl']} | {_status(r, notes)} | {_fmt(r['step_ms'], '.4g')} | "
-                         f"{_fmt(r['gin_ms'], '.4g')} | {_fmt(r['gin_share'] and 100 * r['gin_share'], '.1f')}% |")
+                         f"{_fmt(r['gin_ms'], '.4g')} | {_fmt(r['gin_share'], '.1%')} |")
     if report["anchors"]:
         lines += ["", "## Anchors (measured earlier on this kind of card)", "",
                   "| metric | case | impl | anchor | measured | measured / anchor |", "|---|---|---|---:|---:|---:|"]
@@ -107,6 +107,9 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -143,6 +143,7 @@ def run_suite(preset: str = "quick", impls: Sequence[str] | None = None, *, devi
     e2e_cases = spec.e2e[:max_cases] if e2e else ()
     start = time.monotonic()
     deadline = start + budget_s if budget_s is not None else float("inf")
+    case_deadline = start + 0.8 * budget_s if budget_s is not None and e2e_cases else deadline  # e2e keeps a fifth
     env = environment(dev)
     copy = timing.copy_bandwidth(dev, settings)
     rows: list[dict] = []
@@ -150,7 +151,7 @@ def run_suite(preset: str = "quick", impls: Sequence[str] | None = None, *, devi
     total = len(cases) * len(chosen) + len(e2e_cases) * (len(chosen) + 1)
     with tqdm(total=total, desc=f"bench {spec.name}", disable=not progress, dynamic_ncols=True) as bar:
         for case in cases:
-            rows += bench_case(case, chosen, dev, spec.name, settings, copy["gb_s"], deadline, seed, bar)
+            rows += bench_case(case, chosen, dev, spec.name, settings, copy["gb_s"], case_deadline, seed, bar)
         for e2e_case in e2e_cases:
             e2e_rows += bench_e2e(e2e_case, chosen, dev, spec.name, settings, deadline, seed, bar)
     report = {

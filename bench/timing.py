@@ -24,7 +24,7 @@ class TimingSettings:
     cpu_max_reps: int = 50
     cpu_budget_ms: float = 250.0
     e2e_warmup: int = 2
-    e2e_reps: int = 10
+    e2e_reps: int = 6
     e2e_cpu_reps: int = 3
 
 

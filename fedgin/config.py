@@ -136,18 +136,19 @@ _CHOICES = {
 
 PRESETS: dict[str, dict] = {
     # The README's main command: the default scenario (2 CT sites, 1 small MRI site) sized for a 2-core CPU.
-    "demo": {"name": "demo"},
+    "demo": {"name": "demo", "fed": {"rounds": 40}, "train": {"local_epochs": 2}},
     # The same scenario, smaller: the demo's test.
     "demo-fast": {
         "name": "demo-fast",
         "data": {"size": 48, "depth": 12,
-                 "sites": [{"name": "ct-a", "modality": "ct", "cases": 5, "seed": 1},
-                           {"name": "ct-b", "modality": "ct", "cases": 5, "seed": 2},
+                 "sites": [{"name": "ct-a", "modality": "ct", "cases": 4, "seed": 1},
+                           {"name": "ct-b", "modality": "ct", "cases": 4, "seed": 2},
                            {"name": "mri-a", "modality": "mri-t2", "cases": 2, "seed": 3}],
-                 "test": [{"modality": "ct", "cases": 3, "seed": 1001},
-                          {"modality": "mri-t2", "cases": 3, "seed": 1002}]},
+                 "test": [{"modality": "ct", "cases": 2, "seed": 1001},
+                          {"modality": "mri-t2", "cases": 2, "seed": 1002}]},
         "model": {"channels": [8, 16, 32], "strides": [2, 2]},
-        "fed": {"rounds": 8},
+        "train": {"local_epochs": 2},
+        "fed": {"rounds": 20},
         "eval": {"hd95_every_round": False, "keep_round_checkpoints": False, "overlays": 1},
     },
     # As the FedGIN authors' released code: one CT and one MRI client, 100 rounds of 1 epoch, FedAvg by

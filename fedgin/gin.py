@@ -33,7 +33,7 @@ def check_input(x: Tensor, params: GINParams, *, check_finite: bool = True) -> N
         raise ValueError(f"GIN params expect {cfg.in_channels} input channels, input has {x.shape[1]}")
     if x.device != params.device:
         raise ValueError(f"GIN params are on {params.device}, input is on {x.device}; use params.to(x.device)")
-    if torch.is_grad_enabled() and x.requires_grad:
+    if x.requires_grad:
         raise ValueError("GIN is an augmentation without gradient: pass a tensor that does not require grad")
     if check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError("GIN input contains non-finite values (NaN or Inf)")
@@ -78,15 +78,21 @@ def gin(x: Tensor, generator: torch.Generator | None = None, backend: str = "aut
 
     ``in_channels`` and ``spatial_dims`` default to ``x``'s.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"GIN input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"GIN input must be a non-empty batch [B, C, *S], got shape {tuple(x.shape)}")
+    _check_batch(x)
     config.setdefault("in_channels", x.shape[1])
     config.setdefault("spatial_dims", x.dim() - 2)
-    cfg = make_config(**config)
-    params = GINParams.draw_config(x.shape[0], cfg, device=x.device, generator=generator)
+    params = GINParams.draw_config(x.shape[0], make_config(**config), device=x.device, generator=generator)
     return gin_apply(x, params, backend)
+
+
+def _check_batch(x: Tensor) -> None:
+    """What a draw needs of ``x`` before any config is known: a non-empty 2D or 3D batch tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"GIN input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (4, 5):
+        raise ValueError(f"GIN input must be [B, C, H, W] or [B, C, D, H, W], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("GIN input is an empty batch (B = 0)")
 
 
 def make_config(**config) -> GINConfig:
@@ -112,8 +118,7 @@ class GIN(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] == 0:
-            raise ValueError("GIN input must be a non-empty batch tensor [B, C, *S]")
+        _check_batch(x)
         params = GINParams.draw_config(x.shape[0], self.config, device=x.device, generator=generator)
         return gin_apply(x, params, self.backend)
 

@@ -24,10 +24,16 @@ class GINConfig:
     def __post_init__(self) -> None:
         if self.out_channels is None:
             object.__setattr__(self, "out_channels", self.in_channels)
+        for name in ("in_channels", "out_channels", "interm_channels", "n_layers", "spatial_dims"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value:
+                raise ValueError(f"GIN {name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+            if name != "n_layers" and value < 1:
+                raise ValueError(f"GIN {name} must be >= 1, got {value}")
+        if any(isinstance(k, bool) or int(k) != k for k in self.kernel_sizes):
+            raise ValueError(f"GIN kernel sizes must be odd positive integers, got {self.kernel_sizes}")
         object.__setattr__(self, "kernel_sizes", tuple(int(k) for k in self.kernel_sizes))
-        for name in ("in_channels", "out_channels", "interm_channels"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"GIN {name} must be >= 1, got {getattr(self, name)}")
         if self.out_channels != self.in_channels:
             raise ValueError(
                 f"GIN mixes its output with the input, so out_channels ({self.out_channels}) "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, RandomizableTransform
@@ -25,8 +26,9 @@ class RandGIN(RandomizableTransform):
     ``config`` takes :class:`fedgin.GINConfig`'s fields except the channels and ``spatial_dims``, which
     come from the image. ``replicate_to`` replicates a 1-channel image to that many channels first (the
     original GIN runs on grayscale copied to 3 channels; an image that has them already passes as it is);
-    the output has that many channels whether GIN was applied or not. The network is drawn from a seed taken from ``self.R``, so ``set_random_state``
-    makes the transform deterministic, and the same seed gives the same network on any device or backend.
+    the output has that many channels whether GIN was applied or not. The network is drawn from a seed
+    taken from ``self.R``, so ``set_random_state`` makes the transform deterministic, and the same seed
+    gives the same network on any device or backend.
     The output has the input's type (numpy array, tensor or MetaTensor with its metadata) and dtype.
     """
 
@@ -105,7 +107,7 @@ class RandGINd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob)
         self.rand_gin = RandGIN(prob=1.0, replicate_to=replicate_to, backend=backend, **config)
 
-    def set_random_state(self, seed: int | None = None, state: Any = None) -> RandGINd:
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandGINd:
         super().set_random_state(seed, state)
         self.rand_gin.set_random_state(seed, state)
         return self

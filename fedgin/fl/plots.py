@@ -58,9 +58,12 @@ def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, 
             pred = predict(model, case, cfg.data.channels, cfg.data.dims).numpy()
             label = case.label[0].numpy()
             z = int(np.argmax((label > 0).sum((0, 1))))
-            ax.imshow(case.image[0, :, :, z].numpy().T, cmap="gray", origin="lower")
-            ax.contour(label[:, :, z].T, levels=np.arange(len(organs)) + 0.5, colors="lime", linewidths=0.8)
-            ax.contour(pred[:, :, z].T, levels=np.arange(len(organs)) + 0.5, colors="red", linewidths=0.8)
+            # RAS axes shown as radiologists do: patient right on the left, anterior up
+            ax.imshow(case.image[0, ::-1, :, z].numpy().T, cmap="gray", origin="lower")
+            for seg, colour in ((label, "lime"), (pred, "red")):
+                if seg[:, :, z].any():
+                    ax.contour(seg[::-1, :, z].T, levels=np.arange(len(organs)) + 0.5, colors=colour,
+                               linewidths=0.8)
             ax.set_title(f"{name} {case.name} z={z}", fontsize=8)
     fig.suptitle(f"{cfg.name}: ground truth (green), prediction (red)", fontsize=9)
     _save(fig, rd.plots / "overlays.png")
