@@ -10,7 +10,7 @@ setup(
     # top-level modules (PyPI's `kernels` package owns that name).
     packages=find_packages(include=["fedgin", "fedgin.*"]) + ["fedgin.kernels", "fedgin.bench"],
     package_dir={"fedgin.kernels": "kernels", "fedgin.bench": "bench"},
-    package_data={"fedgin.bench": ["gpu.sh"]},
+    package_data={"fedgin.bench": ["gpu.sh", "anchors.json"]},
     install_requires=[
         "torch>=2.4",
         "triton>=3.2",

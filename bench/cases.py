@@ -83,25 +83,16 @@ class Case:
     def config(self, per_sample: bool = True) -> GINConfig:
         return GINConfig(in_channels=self.channels, interm_channels=self.interm, n_layers=len(self.kernel_sizes),
                          kernel_sizes=tuple(sorted(set(self.kernel_sizes))), spatial_dims=self.dims,
-                         per_sample=per_sample)
+                         per_sample=per_sample, layer_kernel_sizes=self.kernel_sizes)
 
 
 def draw_params(case: Case, device: torch.device | str, per_sample: bool = True,
                 generator: torch.Generator | None = None) -> GINParams:
-    """A GIN draw for ``case`` with exactly its per-layer kernel sizes (weights, biases N(0,1); alphas U(0,1)).
+    """A GIN draw for ``case`` with exactly its per-layer kernel sizes (drawn on the CPU, moved to ``device``).
 
     ``per_sample=False`` draws one network for the whole batch (the FedGIN authors' configuration).
-    The numbers come from ``generator`` (CPU) and are then moved to ``device``.
     """
-    cfg = case.config(per_sample)
-    n_nets = case.batch if per_sample else 1
-    weights, biases = [], []
-    for (cin, cout), k in zip(cfg.channels(), case.kernel_sizes, strict=True):
-        shape = (n_nets, cout, cin) + (k,) * case.dims
-        weights.append(torch.randn(shape, generator=generator).expand(case.batch, *shape[1:]).to(device))
-        biases.append(torch.randn((n_nets, cout), generator=generator).expand(case.batch, cout).to(device))
-    alphas = torch.rand((case.batch,), generator=generator).to(device)
-    return GINParams(case.kernel_sizes, weights, biases, alphas, cfg)
+    return GINParams.draw_config(case.batch, case.config(per_sample), device=device, generator=generator)
 
 
 def image_like(case: Case, device: torch.device | str, generator: torch.Generator) -> Tensor:
@@ -173,7 +164,7 @@ def _paper() -> Preset:
     )
     e2e = (E2ECase(Case(32, 3, (192, 192), kernel_sizes=K1313, heavy=("authors",))),
            E2ECase(Case(2, 1, (128,) * 3, kernel_sizes=K1313)))
-    return Preset("paper", "the training shapes on a GPU (about 3 minutes on an H100)", cases, e2e)
+    return Preset("paper", "the training shapes on a GPU (sized for about 3 minutes on an H100)", cases, e2e)
 
 
 def _full() -> Preset:

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from .cases import PRESETS
 from .registry import IMPLEMENTATIONS
 from .report import write_report
@@ -28,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-s", type=float,
                         help="report the work left after this many seconds as skipped (keeps a GPU lease safe)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default torch's); 1 keeps CPU timings stable on a busy machine")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list", action="store_true", help="list the implementations and presets, then exit")
 
@@ -46,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{preset.summary}")
         return 0
     impls = [n for arg in args.impl for n in arg.split(",") if n] if args.impl else None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     report = run_suite(args.preset, impls, device=args.device, max_cases=args.max_cases, e2e=not args.no_e2e,
                        budget_s=args.budget_s, progress=not args.no_progress, seed=args.seed)
     paths = write_report(report, out_dir(args.out))

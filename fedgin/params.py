@@ -20,6 +20,7 @@ class GINConfig:
     per_sample: bool = True
     slope: float = 0.01
     eps: float = 1e-5
+    layer_kernel_sizes: tuple[int, ...] | None = None  # fix each layer's size instead of drawing from the pool
 
     def __post_init__(self) -> None:
         if self.out_channels is None:
@@ -34,6 +35,13 @@ class GINConfig:
         if any(isinstance(k, bool) or int(k) != k for k in self.kernel_sizes):
             raise ValueError(f"GIN kernel sizes must be odd positive integers, got {self.kernel_sizes}")
         object.__setattr__(self, "kernel_sizes", tuple(int(k) for k in self.kernel_sizes))
+        if self.layer_kernel_sizes is not None:
+            fixed = tuple(self.layer_kernel_sizes)
+            if len(fixed) != self.n_layers:
+                raise ValueError(f"GIN layer_kernel_sizes {fixed} must give one size per layer ({self.n_layers})")
+            if any(isinstance(k, bool) or int(k) != k or k < 1 or k % 2 == 0 for k in fixed):
+                raise ValueError(f"GIN kernel sizes must be odd and positive, got {fixed}")
+            object.__setattr__(self, "layer_kernel_sizes", tuple(int(k) for k in fixed))
         if self.out_channels != self.in_channels:
             raise ValueError(
                 f"GIN mixes its output with the input, so out_channels ({self.out_channels}) "
@@ -88,17 +96,20 @@ class GINParams:
         per_sample: bool = True,
         slope: float = 0.01,
         eps: float = 1e-5,
+        layer_kernel_sizes: tuple[int, ...] | None = None,
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> GINParams:
         """Draw kernel sizes (one per layer, shared by the batch), N(0,1) weights and biases, U(0,1) alphas.
+
+        ``layer_kernel_sizes`` fixes every layer's size instead (benchmarks and tests use it).
 
         The numbers come from ``generator`` (or the global RNG) on the generator's device and are then
         moved to ``device``, so one seed gives the same network whatever device or backend applies it.
         With ``per_sample=False`` one network serves the whole batch (alphas stay per sample).
         """
         cfg = GINConfig(in_channels, out_channels, interm_channels, n_layers, tuple(kernel_sizes),
-                        spatial_dims, per_sample, slope, eps)
+                        spatial_dims, per_sample, slope, eps, layer_kernel_sizes)
         return cls.draw_config(batch, cfg, device=device, generator=generator)
 
     @classmethod
@@ -111,8 +122,11 @@ class GINParams:
         n_nets = batch if cfg.per_sample else 1
         pool = cfg.kernel_sizes
         ks, ws, bs = [], [], []
-        for cin, cout in cfg.channels():
-            k = pool[int(torch.randint(len(pool), (1,), generator=generator, device=gen_device))]
+        for layer, (cin, cout) in enumerate(cfg.channels()):
+            if cfg.layer_kernel_sizes is not None:
+                k = cfg.layer_kernel_sizes[layer]
+            else:
+                k = pool[int(torch.randint(len(pool), (1,), generator=generator, device=gen_device))]
             shape = (n_nets, cout, cin) + (k,) * cfg.spatial_dims
             w = torch.randn(shape, generator=generator, device=gen_device)
             b = torch.randn((n_nets, cout), generator=generator, device=gen_device)

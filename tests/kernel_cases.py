@@ -9,16 +9,10 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 def draw(shape, kernel_sizes, interm=2, per_sample=True, seed=0, device="cpu") -> GINParams:
-    """A draw whose per-layer kernel sizes are exactly ``kernel_sizes`` (pool of one size per layer)."""
-    g = torch.Generator().manual_seed(seed)
-    ps = [GINParams.draw(shape[0], in_channels=shape[1], interm_channels=interm, n_layers=len(kernel_sizes),
-                         kernel_sizes=(k,), spatial_dims=len(shape) - 2, per_sample=per_sample, generator=g)
-          for k in kernel_sizes]
-    p = ps[0]
-    p.kernel_sizes = tuple(kernel_sizes)
-    p.weights = [q.weights[i] for i, q in enumerate(ps)]
-    p.biases = [q.biases[i] for i, q in enumerate(ps)]
-    return p.to(device)
+    """A draw for ``shape`` whose per-layer kernel sizes are exactly ``kernel_sizes``."""
+    return GINParams.draw(shape[0], in_channels=shape[1], interm_channels=interm, n_layers=len(kernel_sizes),
+                          spatial_dims=len(shape) - 2, per_sample=per_sample, layer_kernel_sizes=tuple(kernel_sizes),
+                          device=device, generator=torch.Generator().manual_seed(seed))
 
 
 def image_like(shape, dtype, seed=0, device="cpu") -> torch.Tensor:

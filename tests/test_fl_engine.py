@@ -136,3 +136,10 @@ def test_bad_site_data_names_the_problem(cache, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing"):
         run(cfg, tmp_path / "run", progress=False)
     assert engine.RunDir(tmp_path / "run").config.is_file()  # the resolved config is kept
+
+
+def test_3d_volumes(cache, tmp_path):
+    cfg = tiny(cache, "data.dims=3d", "fed.rounds=1", "aug.method=gin", "eval.overlays=0")
+    result = run(cfg, tmp_path / "run3d", progress=False)
+    assert result.history[0]["train/ct-a/steps"] == 1  # 2 training volumes, batch 8
+    assert 0 <= result.test["mri-t1"]["dice/mean"] <= 1

@@ -121,3 +121,14 @@ def test_config_defaults_are_the_originals():
     assert (cfg.in_channels, cfg.out_channels, cfg.interm_channels, cfg.n_layers) == (3, 3, 2, 4)
     assert cfg.kernel_sizes == (1, 3) and cfg.slope == 0.01 and cfg.eps == 1e-5
     assert cfg.channels() == [(3, 2), (2, 2), (2, 2), (2, 3)]
+
+
+def test_layer_kernel_sizes_fix_every_layer():
+    p = GINParams.draw(2, in_channels=1, n_layers=3, layer_kernel_sizes=(5, 1, 3), spatial_dims=3,
+                       generator=torch.Generator().manual_seed(0))
+    assert p.kernel_sizes == (5, 1, 3)
+    assert [tuple(w.shape[-3:]) for w in p.weights] == [(5, 5, 5), (1, 1, 1), (3, 3, 3)]
+    with pytest.raises(ValueError, match="one size per layer"):
+        GINParams.draw(1, n_layers=4, layer_kernel_sizes=(3, 3))
+    with pytest.raises(ValueError, match="odd and positive"):
+        GINParams.draw(1, n_layers=2, layer_kernel_sizes=(3, 2))

@@ -36,7 +36,8 @@ def test_batch_order_epochs_and_steps():
     assert [len(b) for b in batch_order(10, tiny(**{"train.local_steps": 5}), g)] == [4] * 5
 
 
-@pytest.mark.parametrize("aug", [{}, {"aug.method": "gin"}, {"aug.method": "gin", "aug.views": 2, "fed.prox_mu": 0.1}])
+@pytest.mark.parametrize("aug", [{}, {"aug.method": "gin"}, {"aug.method": "gin", "aug.views": 2, "fed.prox_mu": 0.1},
+                                 {"aug.method": "gin", "aug.views": 3, "data.channels": 3}])
 def test_training_lowers_the_loss(aug):
     cfg = tiny(**{"train.local_steps": 20, "train.lr": 0.01}, **aug)
     torch.manual_seed(0)

@@ -49,8 +49,9 @@ def bspline_kernel_1d(spacing: int, order: int) -> Tensor:
     return kernel.reshape(-1)
 
 
-def ipa_mask(shape: Sequence[int], generator: torch.Generator | None = None, *, device: torch.device | str | None = None,
-             spacing: int = 24, order: int = 2, downscale: int = 2) -> Tensor:
+def ipa_mask(shape: Sequence[int], generator: torch.Generator | None = None, *,
+             device: torch.device | str | None = None, spacing: int = 24, order: int = 2,
+             downscale: int = 2) -> Tensor:
     """IPA's smooth random blending mask for a batch: ``shape`` is (B, *S) with 2 or 3 spatial sizes.
 
     Returns float32 [B, 1, *S] on ``device`` (default: the generator's device), each sample min-max scaled to

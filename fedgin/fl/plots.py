@@ -55,11 +55,12 @@ def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, 
             if col >= len(cases):
                 continue
             case = cases[col]
+            image = case.image[0].numpy()
             pred = predict(model, case, cfg.data.channels, cfg.data.dims).numpy()
             label = case.label[0].numpy()
             z = int(np.argmax((label > 0).sum((0, 1))))
             # RAS axes shown as radiologists do: patient right on the left, anterior up
-            ax.imshow(case.image[0, ::-1, :, z].numpy().T, cmap="gray", origin="lower")
+            ax.imshow(image[::-1, :, z].T, cmap="gray", origin="lower")
             for seg, colour in ((label, "lime"), (pred, "red")):
                 if seg[:, :, z].any():
                     ax.contour(seg[::-1, :, z].T, levels=np.arange(len(organs)) + 0.5, colors=colour,
