@@ -36,6 +36,7 @@ original measured distances to the corners of the 512 x 512 spectrum (off by one
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -129,8 +130,9 @@ class FMAug(Augmentation):
                  orders: Sequence[int] = ORDERS, per_channel: bool = False, identity_fraction: float = 0.0,
                  masks: Sequence[str] = MIX_MASKS, percentile: float = 3.0) -> None:
         super().__init__(n_views)
-        self.cutoff_ratios = tuple(float(r) for r in cutoff_ratios)
-        self.orders = tuple(orders)
+        self.cutoff_ratios = (float(cutoff_ratios),) if np.isscalar(cutoff_ratios) else tuple(
+            float(r) for r in cutoff_ratios)
+        self.orders = (orders,) if np.isscalar(orders) else tuple(orders)
         self.masks = (masks,) if isinstance(masks, str) else tuple(masks)
         if not self.cutoff_ratios or any(not 0 <= r <= 1 for r in self.cutoff_ratios):
             raise ValueError(f"{self.name}: cutoff_ratios must be a non-empty list of values in [0, 1], "
@@ -148,25 +150,26 @@ class FMAug(Augmentation):
 
     def filtered(self, x01: Tensor, generator: torch.Generator | None) -> Tensor:
         """One random filter-bank draw per sample (and channel if ``per_channel``), percentile-normalized."""
-        b, c, spatial, dev = x01.shape[0], x01.shape[1], x01.shape[2:], x01.device
+        b, c, spatial, dev = x01.shape[0], x01.shape[1], tuple(x01.shape[2:]), x01.device
         n_filt = c if self.per_channel else 1
         n_bank = len(self.cutoff_ratios) * len(self.orders)
         pick = randint(n_bank, (b, n_filt), generator, dev).tolist()
         identity = (rand((b, n_filt), generator, dev) < self.identity_fraction).tolist()
-        dims = tuple(range(2, x01.dim()))
-        spectrum = torch.fft.fftn(x01.double(), dim=dims)
-        out = torch.empty_like(x01)
-        for i in range(b):
-            for j in range(n_filt):
-                chans = slice(j, j + 1) if self.per_channel else slice(0, c)
-                if identity[i][j]:
-                    out[i, chans] = x01[i, chans]
-                    continue
+        radius = frequency_radius(spatial, dev)
+        cache: dict[tuple[int, int] | None, Tensor] = {None: torch.ones_like(radius)}
+        gains = []
+        for i, j in itertools.product(range(b), range(n_filt)):
+            key = None
+            if not identity[i][j]:
                 ratio = self.cutoff_ratios[pick[i][j] // len(self.orders)]
-                order = self.orders[pick[i][j] % len(self.orders)]
-                gain = butterworth_gain(spatial, cutoff_index(ratio, spatial), order, dev)
-                out[i, chans] = torch.fft.ifftn(spectrum[i, chans] * gain, dim=tuple(d - 1 for d in dims)).abs()
-        return percentile_normalize(out, self.percentile)
+                key = (cutoff_index(ratio, spatial), self.orders[pick[i][j] % len(self.orders)])
+            if key not in cache:
+                cache[key] = 1.0 / (1.0 + (key[0] / (radius + 1.0)) ** (2 * key[1]))
+            gains.append(cache[key])
+        gain = torch.stack(gains).reshape(b, n_filt, *spatial)
+        dims = tuple(range(2, x01.dim()))
+        out = torch.fft.ifftn(torch.fft.fftn(x01.double(), dim=dims) * gain, dim=dims).abs()
+        return percentile_normalize(out.to(x01.dtype), self.percentile)
 
     def augment(self, x: Tensor, label: Tensor | None, generator: torch.Generator | None) -> Tensor:
         x01 = minmax01(x.float() if x.dtype != torch.float64 else x)

@@ -81,10 +81,10 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
             state = rd.load_state()
     elif rd.config.exists():
         raise ValueError(f"{rd.path} already holds a run; pass --resume to continue it or choose another --out")
-    atomic_write(rd.config, text)
 
     device = resolve_device(cfg.device)
     fed = build_federation(cfg, device, progress)
+    atomic_write(rd.config, text)  # once the data loaded: a run that cannot start leaves nothing behind
     torch.manual_seed(cfg.seed)
     weights = get_weights(make_model(cfg))
     sampler = torch.Generator().manual_seed(cfg.seed)

@@ -35,8 +35,9 @@ def experiment_table(results: dict[str, dict[str, dict[str, float]]], organs: li
     for arm in results:
         lines.append(f"| {arm} | " + " | ".join(_f(dsc(arm, s, o)) for s, o in cols) + " |")
     if baseline in results and method in results:
-        lines.append(f"| {method} - {baseline} | " + " | ".join(
-            f"{dsc(method, s, o) - dsc(baseline, s, o):+.3f}" for s, o in cols) + " |")
+        diffs = [dsc(method, s, o) - dsc(baseline, s, o) for s, o in cols]
+        lines.append(f"| {method} - {baseline} | " + " | ".join("-" if math.isnan(d) else f"{d:+.3f}" for d in diffs)
+                     + " |")
     if reference in results and method in results:
         lines.append(f"| {method} / {reference} (%) | " + " | ".join(
             _f(100 * dsc(method, s, o) / dsc(reference, s, o), 1) if dsc(reference, s, o) else "-"
