@@ -20,6 +20,7 @@ setup(
         "matplotlib",
         "tqdm",
         "pyyaml",
+        "scipy",  # MONAI's HD95 on the CPU
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],

@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("synth", "augment", "bench")
+COMMANDS = ("synth", "augment", "train", "experiment", "demo", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

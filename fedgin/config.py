@@ -147,8 +147,8 @@ PRESETS: dict[str, dict] = {
                  "test": [{"modality": "ct", "cases": 2, "seed": 1001},
                           {"modality": "mri-t2", "cases": 2, "seed": 1002}]},
         "model": {"channels": [8, 16, 32], "strides": [2, 2]},
-        "train": {"local_epochs": 2},
-        "fed": {"rounds": 20},
+        "train": {"local_epochs": 4, "batch_size": 8, "lr": 2e-3},
+        "fed": {"rounds": 30},
         "eval": {"hd95_every_round": False, "keep_round_checkpoints": False, "overlays": 1},
     },
     # As the FedGIN authors' released code: one CT and one MRI client, 100 rounds of 1 epoch, FedAvg by

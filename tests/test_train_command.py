@@ -48,3 +48,8 @@ def test_experiment_runs_the_protocol_arms(tmp_path, capsys):
     assert (tmp_path / "exp/table.md").is_file() and (tmp_path / "exp/local-mri-a/test_metrics.json").is_file()
     assert "mri-a" in (tmp_path / "exp/local-mri-a/config.yaml").read_text()
     assert "ct-a" not in (tmp_path / "exp/local-mri-a/config.yaml").read_text()
+    before = (tmp_path / "exp/fedavg/test_metrics.json").stat().st_mtime_ns
+    argv = [a for a in argv if a != "local-mri-a"] + ["fedgin", "--resume"]
+    assert experiment.run(parse(experiment, argv)) == 0  # fedavg kept, fedgin started
+    assert (tmp_path / "exp/fedavg/test_metrics.json").stat().st_mtime_ns == before
+    assert "| fedgin - fedavg |" in capsys.readouterr().out

@@ -26,6 +26,7 @@ from fedgin.data.msd import IMAGES_DIR, LABELS_DIR, msd_dataset_json, save_nifti
 
 LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "right_kidney", 4: "left_kidney", 5: "pancreas",
           6: "gallbladder"}
+VERSION = 1  # bump whenever the generator's output changes (caches key on it)
 GALLBLADDER_ABSENT = 0.2  # probability that a case has no gallbladder (cholecystectomy, contracted)
 FOV_MM = 288.0
 Z_EXTENT_MM = 192.0

@@ -45,11 +45,13 @@ def arm_config(cfg: RunConfig, arm: str) -> RunConfig:
 
 def run_experiment(cfg: RunConfig, out: str | Path, arms: list[str], *, resume: bool = False,
                    progress: bool = True) -> tuple[dict[str, dict], str]:
-    """Run every arm into ``out/<arm>`` (finished arms are kept on ``resume``); write and return the table."""
+    """Run every arm into ``out/<arm>``; with ``resume``, finished arms are kept, an interrupted one continues and
+    the rest start. Writes and returns the table."""
     out = Path(out)
     results = {}
     for arm in arms:
-        results[arm] = run(arm_config(cfg, arm), out / arm, resume=resume, progress=progress).test
+        started = (out / arm / "config.yaml").is_file()
+        results[arm] = run(arm_config(cfg, arm), out / arm, resume=resume and started, progress=progress).test
     table = experiment_table(results, cfg.data.organs)
     atomic_write(out / "table.md", f"# {cfg.name}: test Dice (DSC) per organ\n\n{table}")
     return results, table

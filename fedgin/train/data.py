@@ -20,6 +20,7 @@ from monai.utils import convert_to_tensor
 from torch import Tensor
 
 from fedgin.config import DataConfig, SiteConfig, TestSetConfig, organ_key
+from fedgin.data import phantom
 from fedgin.data.msd import load_dataset_json, read_dataset
 from fedgin.data.phantom import MIN_DEPTH, MIN_SIZE, write_dataset
 
@@ -37,7 +38,7 @@ def phantom_dir(data: DataConfig, modality: str, cases: int, seed: int) -> Path:
     """The phantom data set for these settings, generated once into the cache (deterministic per seed)."""
     root = Path(data.cache_dir) if data.cache_dir else Path.home() / ".cache" / "fedgin" / "phantom"
     size, depth = max(data.size, MIN_SIZE), max(data.depth, MIN_DEPTH)  # the loader resizes to data.size
-    out = root / f"{modality}-s{size}-d{depth}-n{cases}-seed{seed}"
+    out = root / f"v{phantom.VERSION}-{modality}-s{size}-d{depth}-n{cases}-seed{seed}"
     if not (out / "dataset.json").is_file():
         write_dataset(out, modality, cases, size=size, depth=depth, seed=seed, overwrite=True)
     return out
