@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from fedgin.augment import AUGMENTATIONS
+from fedgin.augment.recipes import RESERVED, Recipe, make_recipe
 from fedgin.gin import make_config
 
 MODALITIES = ("ct", "mri-t1", "mri-t2")
@@ -95,16 +97,20 @@ class FedConfig:
     fraction: float = 1.0  # share of clients sampled each round
     weighting: str = "samples"  # or "uniform"
     prox_mu: float = 0.0  # > 0: FedProx
-    norm: str = "average"  # or "local" (FedBN: normalization layers stay at each site)
+    norm: str = "average"  # "local": FedBN (normalization stays at each site); "dsbn": one per modality
 
 
 @dataclass
 class AugConfig:
-    method: str = "none"  # or "gin"
-    views: int = 1  # GIN views per batch; > 1 adds the consistency loss
-    consistency_weight: float = 10.0
-    backend: str = "auto"
+    """The augmentation: any ``fedgin.augment`` method, trained as its paper does (fedgin/augment/recipes.py)."""
+
+    method: str = "none"  # none gin gin_ipa randconv pro_randconv fmaug raffesdg semantic_randconv
+    views: int | None = None  # augmented views per batch (None: the method's); > 1 adds the consistency loss
+    consistency_weight: float | None = None  # None: the method's (10; gin_ipa 10 / classes)
+    backend: str = "auto"  # GIN backend of gin, gin_ipa, semantic_randconv
     gin: dict = field(default_factory=dict)  # GINConfig options (in_channels, spatial_dims come from data)
+    options: dict = field(default_factory=dict)  # the method's own options, e.g. {kernel_sizes: [1, 3]}
+    reconstruction_weight: float = 1.0  # raffesdg's high-frequency reconstruction loss
 
 
 @dataclass
@@ -112,6 +118,26 @@ class EvalConfig:
     hd95_every_round: bool = True
     keep_round_checkpoints: bool = True
     overlays: int = 2  # sample cases per test set in the overlay plot
+
+
+@dataclass
+class DPConfig:
+    """Client-side differential privacy on Flower: each site clips its update, the server adds Gaussian noise."""
+
+    clip: float = 0.0  # > 0: L2 norm each site's model update is clipped to (Flower's fixedclipping_mod)
+    noise_multiplier: float = 0.0  # noise std = noise_multiplier * clip / sampled sites
+
+
+@dataclass
+class FlowerConfig:
+    """``engine: flower``: who must take part, how long to wait, transport security, privacy."""
+
+    min_available_clients: int = 0  # SuperNodes that must join before round 1; 0: one per site
+    min_fit_clients: int = 0  # replies a round needs to go on; 0: every sampled site (else the run stops)
+    round_timeout: float = 600.0  # seconds to wait for the sites' replies in a round
+    join_timeout: float = 300.0  # seconds to wait for the SuperNodes to join
+    insecure: bool = False  # no TLS, no SuperNode authentication: only for trials on one machine
+    dp: DPConfig = field(default_factory=DPConfig)
 
 
 @dataclass
@@ -125,12 +151,14 @@ class RunConfig:
     fed: FedConfig = field(default_factory=FedConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: str = "builtin"  # or "flower": the sites as Flower SuperNodes
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
 
 
 _CHOICES = {
     "data.dims": ("2d", "3d"), "model.norm": ("batch", "instance"), "train.loss": ("dice_ce", "dice_focal"),
     "train.optimizer": ("adam", "adamw"), "fed.mode": ("federated", "centralized"),
-    "fed.weighting": ("samples", "uniform"), "fed.norm": ("average", "local"), "aug.method": ("none", "gin"),
+    "fed.weighting": ("samples", "uniform"), "fed.norm": ("average", "local", "dsbn"), "aug.method": tuple(AUGMENTATIONS),
     "aug.backend": ("auto", "reference", "triton"),
 }
 
@@ -358,11 +386,19 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         raise err("fed.fraction", f"must be in (0, 1], got {f.fraction}")
     if f.prox_mu < 0:
         raise err("fed.prox_mu", "must be >= 0")
+    _check_flower(cfg, err)
+    if f.norm == "dsbn":
+        if m.norm != "batch":
+            raise err("fed.norm", f"dsbn needs batch normalization (model.norm: batch), got {m.norm!r}")
+        trained = {s.modality for s in d.sites}
+        for i, t in enumerate(d.test):
+            if t.modality not in trained:
+                raise err(f"data.test[{i}]", f"fed.norm: dsbn has no statistics for {t.modality}: no site has it")
     a = cfg.aug
-    if not 1 <= a.views <= 3:
+    if a.views is not None and not 1 <= a.views <= 3:
         raise err("aug.views", f"must be 1, 2 or 3, got {a.views}")
-    if a.views > 1 and a.method == "none":
-        raise err("aug.views", "several views need aug.method: gin")
+    if a.views not in (None, 1) and a.method == "none":
+        raise err("aug.views", "several views need an augmentation (aug.method)")
     for key in ("in_channels", "out_channels", "spatial_dims"):
         if key in a.gin:
             raise err(f"aug.gin.{key}", "is set from data.channels and data.dims")
@@ -370,7 +406,36 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         gin_config(cfg)
     except (ValueError, TypeError) as e:
         raise err("aug.gin", str(e)) from None
+    if a.method != "none":
+        known = AUGMENTATIONS[a.method].option_names()
+        for key in a.options:
+            if key in RESERVED:
+                raise err(f"aug.options.{key}", f"is set by {RESERVED[key]}")
+            if key not in known:
+                allowed = sorted(set(known) - set(RESERVED))
+                raise err(f"aug.options.{key}", f"unknown option of {a.method}; known: {allowed}")
+    elif a.options:
+        raise err(f"aug.options.{next(iter(a.options))}", "aug.method: none takes no options")
+    try:
+        recipe(cfg)
+    except (ValueError, TypeError) as e:
+        raise err("aug", str(e)) from None
 
+
+
+def _check_flower(cfg: RunConfig, err) -> None:
+    fl = cfg.flower
+    if cfg.engine not in ("builtin", "flower"):
+        raise err("engine", f"{cfg.engine!r} is not one of ['builtin', 'flower']")
+    if cfg.engine == "flower" and cfg.fed.mode == "centralized":
+        raise err("engine", "fed.mode: centralized pools the data in one process; run it with engine: builtin")
+    for key in ("min_available_clients", "min_fit_clients"):
+        if not 0 <= getattr(fl, key) <= len(cfg.data.sites):
+            raise err(f"flower.{key}", f"must be within 0..{len(cfg.data.sites)} (the number of sites)")
+    if fl.round_timeout <= 0 or fl.join_timeout <= 0:
+        raise err("flower", "round_timeout and join_timeout must be > 0")
+    if fl.dp.clip < 0 or fl.dp.noise_multiplier < 0 or fl.dp.noise_multiplier > 0 and fl.dp.clip == 0:
+        raise err("flower.dp", "clip and noise_multiplier must be >= 0; noise needs a clip > 0")
 
 def _check_source(src, key: str, err, organs: list[str]) -> None:
     if src.modality not in MODALITIES:
@@ -388,6 +453,14 @@ def _check_source(src, key: str, err, organs: list[str]) -> None:
 def organ_key(name: str) -> str:
     """An organ name for matching: ``"Right Kidney"``, ``"right_kidney"`` and ``"right-kidney"`` are one."""
     return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def recipe(cfg: RunConfig) -> Recipe:
+    """How the run augments and which losses it adds (:func:`fedgin.augment.recipes.make_recipe`)."""
+    a = cfg.aug
+    return make_recipe(a.method, n_classes=len(cfg.data.organs) + 1, views=a.views,
+                       consistency_weight=a.consistency_weight, options=a.options, gin=a.gin, backend=a.backend,
+                       reconstruction_weight=a.reconstruction_weight)
 
 
 def gin_config(cfg: RunConfig):

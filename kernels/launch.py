@@ -93,7 +93,7 @@ def _pow2_at_least(n: int, lo: int, hi: int) -> int:
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...]) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S]: the in-plane halo of every tile is recomputed, so tiles are
     as wide as the image needs (2D up to 64 columns, 3D up to 32 x 32); 2D streams row bands of up to
-    32 rows, 3D streams (H, W) tiles along chunks of up to 32 planes; about 4 lanes per thread."""
+    32 rows, 3D streams (H, W) tiles along chunks of up to 32 planes; 4 (2D) or 2 (3D) lanes a thread."""
     halo = sum(k // 2 for k in kernel_sizes[1:])
     if len(shape) == 4:
         _, _, h, w = shape
@@ -104,14 +104,15 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...]) -> Plan:
         bands = True
     else:
         _, _, d, h, w = shape
-        # 32 x 32 on 8 warps: 4 lanes a thread; 32 x 64 spilled heavily (ptxas, sm_90, see bench/NOTES.md)
+        # 32 x 32 on 16 warps, 2 lanes a thread: 4 lanes a thread spilled (ptxas, sm_90, bench/NOTES.md)
         tw = _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 32)
         th = _pow2_at_least(h + 2 * halo, max(8, triton.next_power_of_2(2 * halo + 4)), 32)
         zc = min(d, 32)
         n_zt, n_pt = triton.cdiv(d, zc), triton.cdiv(h, th - 2 * halo)
         bands = False
     n_wt = triton.cdiv(w, tw - 2 * halo)
-    num_warps = max(1, min(8, th * tw // 128))
+    lanes_per_thread = 4 if bands else 2
+    num_warps = max(1, min(16, th * tw // (32 * lanes_per_thread)))
     return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps)
 
 

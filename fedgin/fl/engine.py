@@ -16,13 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from fedgin.config import RunConfig, dump
-from fedgin.fl.aggregate import Weights, fedavg
+from fedgin.fl.aggregate import Weights, fedavg, fedavg_dsbn
 from fedgin.fl.client import Client, get_weights, set_weights
 from fedgin.fl.rundir import RunDir, atomic_write, to_arrays, to_tensors
 from fedgin.train.data import Case, load_source, split
 from fedgin.train.evaluate import evaluate_cases
 from fedgin.train.local import TrainingDiverged
-from fedgin.train.model import make_model
+from fedgin.train.model import make_model, model_for_modality
 
 
 @dataclass
@@ -49,17 +49,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_federation(cfg: RunConfig, device: torch.device, progress: bool = False) -> Federation:
-    sites, pooled = [], []
+    sites, pooled, pooled_modalities = [], [], []
     for i, s in enumerate(cfg.data.sites):
         cases = load_source(s, cfg.data, progress=progress)
         train, val = split(cases, s.val_cases, f"site {s.name} ({s.data_dir or 'phantom'})")
         sites.append(Client(s.name, s.modality, train, val, cfg, device=device, seed=cfg.seed * 1000 + i))
         pooled += train
+        pooled_modalities += [s.modality] * len(train)
     tests = {t.name or t.modality: (t.modality, load_source(t, cfg.data, progress=progress)) for t in cfg.data.test}
     if cfg.fed.mode == "centralized":
         for s in sites:  # evaluation only
             s.images = s.labels = None
-        trainers = [Client("pooled", "mixed", pooled, [], cfg, device=device, seed=cfg.seed * 1000 + 999)]
+        trainers = [Client("pooled", "mixed", pooled, [], cfg, device=device, seed=cfg.seed * 1000 + 999,
+                           case_modalities=pooled_modalities)]
     else:
         trainers = sites
     return Federation(sites, trainers, tests)
@@ -99,14 +101,14 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
         for c in fed.trainers + fed.sites:
             c.load_state_dict(state["clients"][c.name])
 
-    local_keys = fed.trainers[0].local_keys
+    local_keys, domain_keys = fed.trainers[0].local_keys, fed.trainers[0].domain_keys
     rounds = tqdm(range(start, cfg.fed.rounds), desc=cfg.name, disable=not progress, initial=start,
                   total=cfg.fed.rounds)
     for r in rounds:
         t0 = time.perf_counter()
         chosen = _sample(fed.trainers, cfg.fed.fraction, sampler)
         row: dict = {"round": r + 1}
-        results = []
+        results, domains = [], []
         for c in chosen:
             try:
                 res = c.fit(weights, r, progress=progress)
@@ -114,8 +116,12 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
                 kept = f"after round {history[-1]['round']}" if history else "none yet"
                 raise TrainingDiverged(f"{err}; last good checkpoint: {rd.state} ({kept})") from None
             results.append((res.weights, res.num_samples if cfg.fed.weighting == "samples" else 1))
+            domains.append(res.metrics.get("domain"))
             row.update({f"train/{c.name}/{k}": v for k, v in res.metrics.items()})
-        weights = fedavg(results, weights, local_keys)
+        if domain_keys:
+            weights = fedavg_dsbn(results, weights, domains, domain_keys)
+        else:
+            weights = fedavg(results, weights, local_keys)
         row.update(_validate(fed.sites, weights, cfg.eval.hd95_every_round))
         score = row.get("val/score", float(r))  # no validation cases: keep the last round
         if score > best_score:
@@ -177,8 +183,9 @@ def _validate(sites: list[Client], weights: Weights, hd95: bool) -> dict[str, fl
 
 
 def model_for(cfg: RunConfig, fed: Federation, weights: Weights, modality: str, device: torch.device):
-    """The global model for a modality: under FedBN with the normalization state of a site of that modality."""
-    model = make_model(cfg).to(device)
+    """The global model for a modality: under FedBN with the normalization state of a site of that modality,
+    under DSBN with that modality's normalization selected."""
+    model = model_for_modality(cfg, modality).to(device)
     local = next((s.local_state for s in fed.sites if s.modality == modality and s.local_state), {})
     set_weights(model, {**weights, **local})
     return model
@@ -198,4 +205,4 @@ def _log(bar, row: dict, cfg: RunConfig, fed: Federation) -> None:
     step = sum(s for s, _ in steps) / len(steps)
     share = sum(g for _, g in steps) / len(steps)
     bar.write(f"round {row['round']}/{cfg.fed.rounds}: val Dice {val or '-'} (best round {row['best_round']}); "
-              f"{row['time_s']:.1f} s, step {1000 * step:.0f} ms, {100 * share:.0f}% in GIN")
+              f"{row['time_s']:.1f} s, step {1000 * step:.0f} ms, {100 * share:.0f}% augmenting")

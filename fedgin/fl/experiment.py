@@ -1,18 +1,29 @@
-"""The paper's protocol: the same scenario trained as several arms (methods), compared in one table."""
+"""The paper's protocol: the same scenario trained as several arms (methods), compared in one table.
+
+Two ways to name arms: the paper's three (``fedavg``, ``fedgin``, ``central-gin``) and baselines, or a method
+comparison (:func:`run_comparison`): every method of :data:`METHODS` trained federated (``fed-<method>``) and
+centralized (``central-<method>``) with the same budget, reported as DSC per organ, % of centralized and the
+augmentation cost per batch (markdown, CSV, PNG).
+"""
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from pathlib import Path
 
-from fedgin.config import RunConfig
-from fedgin.fl.engine import run
-from fedgin.fl.report import experiment_table
+from fedgin.augment import AUGMENTATIONS
+from fedgin.config import RunConfig, validate
+from fedgin.fl.engine import RunResult, run
+from fedgin.fl.report import comparison_csv, comparison_rows, comparison_table, experiment_table
 from fedgin.fl.rundir import atomic_write
 
 # arm: (fed.mode, aug.method)
 PROTOCOL = {"fedavg": ("federated", "none"), "fedgin": ("federated", "gin"), "central-gin": ("centralized", "gin")}
 BASELINES = {"central": ("centralized", "none")}
+# the comparison's methods: every augmentation, then domain-specific batch normalization (aug none, fed.norm dsbn)
+METHODS = ("none", "gin", "gin_ipa", "randconv", "pro_randconv", "fmaug", "raffesdg", "semantic_randconv", "dsbn")
+MODES = {"fed": "federated", "central": "centralized"}
 
 
 def arm_names(cfg: RunConfig, all_baselines: bool = False) -> list[str]:
@@ -24,7 +35,11 @@ def arm_names(cfg: RunConfig, all_baselines: bool = False) -> list[str]:
 
 
 def arm_config(cfg: RunConfig, arm: str) -> RunConfig:
-    """``cfg`` turned into one arm (``local-<site>``: that site alone, without augmentation)."""
+    """``cfg`` turned into one arm (``local-<site>``: that site alone, without augmentation; ``fed-<method>`` /
+    ``central-<method>``: a method of :data:`METHODS`, federated or centralized)."""
+    mode_name, _, method_name = arm.partition("-")
+    if mode_name in MODES and method_name in METHODS:
+        return method_config(cfg, method_name, MODES[mode_name], arm)
     out = copy.deepcopy(cfg)
     if arm.startswith("local-"):
         site = arm.removeprefix("local-")
@@ -39,8 +54,44 @@ def arm_config(cfg: RunConfig, arm: str) -> RunConfig:
         raise ValueError(f"unknown arm {arm!r}; choose from {list(PROTOCOL) + list(BASELINES)} or local-<site>")
     out.name = f"{cfg.name}/{arm}"
     out.fed = dataclasses.replace(out.fed, mode=mode)
-    out.aug = dataclasses.replace(out.aug, method=method, views=out.aug.views if method == "gin" else 1)
+    out.aug = _aug_for(cfg, method)
     return out
+
+
+def _aug_for(cfg: RunConfig, method: str):
+    """``cfg.aug`` with ``method``: the config's views, weights and options are kept for its own method only."""
+    if method == cfg.aug.method:
+        return copy.deepcopy(cfg.aug)
+    return dataclasses.replace(cfg.aug, method=method, views=None, consistency_weight=None, options={})
+
+
+def method_config(cfg: RunConfig, method: str, mode: str, arm: str | None = None) -> RunConfig:
+    """``cfg`` trained with ``method`` (of :data:`METHODS`) in ``mode`` (federated or centralized); validated."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)} (or all)")
+    out = copy.deepcopy(cfg)
+    out.name = f"{cfg.name}/{arm or method}"
+    norm = "dsbn" if method == "dsbn" else ("average" if cfg.fed.norm == "dsbn" else cfg.fed.norm)
+    out.fed = dataclasses.replace(out.fed, mode=mode, norm=norm)
+    out.aug = _aug_for(cfg, "none" if method == "dsbn" else method)
+    validate(out, f"method {method}")
+    return out
+
+
+def method_names(names: list[str]) -> list[str]:
+    """``names`` checked against :data:`METHODS`, ``all`` expanded, order kept, duplicates dropped."""
+    out: list[str] = []
+    for name in names:
+        for n in METHODS if name == "all" else (name,):
+            if n not in METHODS:
+                raise ValueError(f"unknown method {n!r}; choose from {list(METHODS)} or all")
+            out.append(n)
+    return list(dict.fromkeys(out))
+
+
+def comparison_arms(methods: list[str]) -> list[str]:
+    """``fed-<m>`` and ``central-<m>`` for every method."""
+    return [f"{mode}-{m}" for m in methods for mode in MODES]
 
 
 def run_experiment(cfg: RunConfig, out: str | Path, arms: list[str], *, resume: bool = False,
@@ -55,3 +106,50 @@ def run_experiment(cfg: RunConfig, out: str | Path, arms: list[str], *, resume: 
     table = experiment_table(results, cfg.data.organs)
     atomic_write(out / "table.md", f"# {cfg.name}: test Dice (DSC) per organ\n\n{table}")
     return results, table
+
+
+def run_comparison(cfg: RunConfig, out: str | Path, methods: list[str], *, resume: bool = False,
+                   progress: bool = True) -> tuple[list[dict], str]:
+    """Train every method federated and centralized into ``out/<arm>``; write ``comparison.md``,
+    ``comparison.csv`` and ``comparison.png`` (and ``table.md``, the same markdown). Returns the rows and the
+    markdown. ``resume`` keeps finished arms and continues an interrupted one."""
+    from fedgin.fl.plots import comparison_plot
+
+    out = Path(out)
+    methods = method_names(methods)
+    configs = {arm: arm_config(cfg, arm) for arm in comparison_arms(methods)}  # all checked before any training
+    results: dict[str, RunResult] = {}
+    for arm, arm_cfg in configs.items():
+        started = (out / arm / "config.yaml").is_file()
+        results[arm] = run(arm_cfg, out / arm, resume=resume and started, progress=progress)
+    costs = {arm: augmentation_cost(r.history) for arm, r in results.items()}
+    rows = comparison_rows({arm: r.test for arm, r in results.items()}, costs, methods)
+    title = (f"# {cfg.name}: method comparison, test DSC per organ\n\n{cfg.fed.rounds} rounds, "
+             f"{len(cfg.data.sites)} sites ({', '.join(s.modality for s in cfg.data.sites)}); data "
+             f"{'phantom' if all(s.data_dir is None for s in cfg.data.sites) else 'user'}, {cfg.data.dims} "
+             f"{cfg.data.size}px\n\n")
+    table = title + comparison_table(rows, cfg.data.organs)
+    atomic_write(out / "comparison.md", table)
+    atomic_write(out / "table.md", table)
+    atomic_write(out / "comparison.csv", comparison_csv(rows, cfg.data.organs))
+    comparison_plot(rows, out / "comparison.png", title=f"{cfg.name}: {cfg.fed.rounds} rounds")
+    return rows, table
+
+
+def augmentation_cost(history: list[dict]) -> dict[str, float]:
+    """From a run's history: mean augmentation ms per batch and step ms (over rounds and trainers), train seconds."""
+    aug, step = [], []
+    for row in history:
+        for key, value in row.items():
+            if key.endswith("/step_time") and key.startswith("train/"):
+                share = row.get(key.removesuffix("step_time") + "gin_share", math.nan)
+                step.append(value)
+                aug.append(value * share)
+    mean = (lambda v: sum(v) / len(v) if v else math.nan)
+    return {"aug_ms": 1000 * mean(aug), "step_ms": 1000 * mean(step),
+            "train_s": sum(row.get("time_s", 0.0) for row in history)}
+
+
+def registered_methods() -> set[str]:
+    """The augmentations :data:`METHODS` must cover (every registered one)."""
+    return set(AUGMENTATIONS)
