@@ -1,6 +1,7 @@
 """The implementations the suite times: one registry entry each, preparing a callable for a case.
 
-A new implementation (a future Triton variant, a comparison augmentation) is one :func:`register` call:
+A new implementation (a future Triton variant, a comparison augmentation) is one :func:`register` call
+(the comparison augmentations are in ``bench/augment_impls.py``):
 ``prepare(case, device)`` returns ``fn(x, params) -> out`` with everything per-case (compilation, plans)
 done up front, and ``supports(case, device)`` returns ``None`` or why the entry cannot run the case.
 """
@@ -36,6 +37,8 @@ class Impl:
     ``shared_network``: it is given a draw with one network for the whole batch (``per_sample=False``).
     ``heavy``: costly to prepare or run; outside the ``full`` preset it runs only on cases naming it.
     ``graphable``: free of host synchronization, so a CUDA graph can capture it.
+    ``reference_check``: its output is GIN's, checked against ``reference_apply`` before timing; False for the
+    comparison augmentations (``bench/augment_impls.py``), reported as "not GIN: no reference check".
     """
 
     name: str
@@ -45,6 +48,7 @@ class Impl:
     shared_network: bool = False
     heavy: bool = False
     graphable: bool = True
+    reference_check: bool = True
 
 
 IMPLEMENTATIONS: dict[str, Impl] = {}
@@ -152,3 +156,6 @@ register(Impl("authors", "FedGIN authors' released configuration: one network pe
               "and copied back", _same(authors_cpu),
               lambda case, device: None if case.dims == 2 else "the FedGIN authors' GIN is 2D only",
               shared_network=True, heavy=True, graphable=False))
+
+
+from . import augment_impls  # noqa: E402,F401 - registers the comparison augmentations after GIN's entries

@@ -26,8 +26,8 @@ def _fmt(value, spec: str) -> str:
 
 
 def _status(row: dict, notes: list[str]) -> str:
-    """``ok``, or ``skipped [n]``/``failed [n]`` with the reason as footnote n."""
-    if row["status"] == "ok":
+    """``ok``, or ``skipped [n]``/``failed [n]`` (or ``ok [n]``: a note) with the reason as footnote n."""
+    if row["status"] == "ok" and not row["reason"]:
         return "ok"
     if row["reason"] not in notes:
         notes.append(row["reason"])

@@ -22,6 +22,7 @@ from .registry import Impl, select, skip_reason
 from .timing import TimingSettings, exact_fp32, median_ms, sync
 
 TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2, "fp16": 1e-2}  # ||out - ref|| / ||ref|| against float64
+NO_CHECK = "not GIN: no reference check"  # the reason shown for implementations with reference_check=False
 
 
 class CheckFailed(RuntimeError):
@@ -45,17 +46,23 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref).norm() / ref.norm())
 
 
-def _measure(impl: Impl, case: Case, xs: list[torch.Tensor], params: GINParams, ref: torch.Tensor,
+def _measure(impl: Impl, case: Case, xs: list[torch.Tensor], params: GINParams, ref: torch.Tensor | None,
              device: torch.device, settings: TimingSettings, row: dict) -> None:
-    """Prepare, check, then time ``impl`` on ``case``; fills ``row`` as it goes (so a failure keeps the error)."""
+    """Prepare, check (``ref`` None: no check), then time ``impl`` on ``case``; fills ``row`` as it goes (so a
+    failure keeps the error)."""
     fn = impl.prepare(case, device)
     with exact_fp32():
         out = fn(xs[0], params)
         sync(device)
-    err = relative_error(out, ref)
-    row["rel_error"] = err if math.isfinite(err) else None
-    if not err <= row["tol"]:
-        raise CheckFailed(f"relative error {err:.3g} against the float64 reference exceeds {row['tol']:.0e}")
+    if ref is None:
+        if out.shape != xs[0].shape:
+            raise CheckFailed(f"output shape {tuple(out.shape)}, expected {tuple(xs[0].shape)}")
+        row["reason"] = NO_CHECK
+    else:
+        err = relative_error(out, ref)
+        row["rel_error"] = err if math.isfinite(err) else None
+        if not err <= row["tol"]:
+            raise CheckFailed(f"relative error {err:.3g} against the float64 reference exceeds {row['tol']:.0e}")
     del out
     extra = timing.peak_extra_bytes(lambda: fn(xs[0], params), device)
     row["extra_mb"] = None if extra is None else extra / 2**20
@@ -97,9 +104,10 @@ def bench_case(case: Case, impls: Sequence[Impl], device: torch.device, preset: 
                 row.update(status="skipped", reason=reason)
             else:
                 per_sample = not impl.shared_network
-                if per_sample not in refs:
+                if impl.reference_check and per_sample not in refs:
                     refs[per_sample] = reference_apply(xs[0].double(), draws[per_sample])
-                _measure(impl, case, xs, draws[per_sample], refs[per_sample], device, settings, row)
+                ref = refs[per_sample] if impl.reference_check else None
+                _measure(impl, case, xs, draws[per_sample], ref, device, settings, row)
         except Exception as err:  # noqa: BLE001 - any failure is reported as failed, never as a time
             row.update(status="failed", reason=f"{type(err).__name__}: {err}"[:500], ms=None, ms_graph=None)
             if device.type == "cuda":

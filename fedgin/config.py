@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from fedgin.augment import AUGMENTATIONS
-from fedgin.augment.recipes import RESERVED, Recipe, make_recipe
+from fedgin.augment.recipes import Recipe, make_recipe, reserved_options
 from fedgin.gin import make_config
 
 MODALITIES = ("ct", "mri-t1", "mri-t2")
@@ -158,8 +158,8 @@ class RunConfig:
 _CHOICES = {
     "data.dims": ("2d", "3d"), "model.norm": ("batch", "instance"), "train.loss": ("dice_ce", "dice_focal"),
     "train.optimizer": ("adam", "adamw"), "fed.mode": ("federated", "centralized"),
-    "fed.weighting": ("samples", "uniform"), "fed.norm": ("average", "local", "dsbn"), "aug.method": tuple(AUGMENTATIONS),
-    "aug.backend": ("auto", "reference", "triton"),
+    "fed.weighting": ("samples", "uniform"), "fed.norm": ("average", "local", "dsbn"),
+    "aug.method": tuple(AUGMENTATIONS), "aug.backend": ("auto", "reference", "triton"),
 }
 
 PRESETS: dict[str, dict] = {
@@ -407,12 +407,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     except (ValueError, TypeError) as e:
         raise err("aug.gin", str(e)) from None
     if a.method != "none":
-        known = AUGMENTATIONS[a.method].option_names()
+        known, reserved = AUGMENTATIONS[a.method].option_names(), reserved_options(a.method)
         for key in a.options:
-            if key in RESERVED:
-                raise err(f"aug.options.{key}", f"is set by {RESERVED[key]}")
+            if key in reserved:
+                raise err(f"aug.options.{key}", f"is set by {reserved[key]}")
             if key not in known:
-                allowed = sorted(set(known) - set(RESERVED))
+                allowed = sorted(set(known) - set(reserved))
                 raise err(f"aug.options.{key}", f"unknown option of {a.method}; known: {allowed}")
     elif a.options:
         raise err(f"aug.options.{next(iter(a.options))}", "aug.method: none takes no options")

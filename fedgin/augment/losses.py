@@ -2,6 +2,7 @@
 RaffeSDG's high-frequency reconstruction."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -31,13 +32,14 @@ def kl_consistency(logits: Sequence[Tensor], reverse: bool = False) -> Tensor:
     if any(t.shape != shape for t in logits) or len(shape) < 2:
         shapes = [tuple(t.shape) for t in logits]
         raise ValueError(f"kl_consistency views must share one shape [B, K, *S], got {shapes}")
-    probs = [F.softmax(t, dim=1) for t in logits]
-    mean = torch.stack(probs).mean(0)
+    # in log space throughout: a probability that underflows to 0 would make the gradient of p log p infinite
+    log_probs = [F.log_softmax(t, dim=1) for t in logits]
+    log_mean = torch.logsumexp(torch.stack(log_probs), 0) - math.log(len(log_probs))
     if reverse:
-        terms = [F.kl_div(F.log_softmax(t, dim=1), mean, reduction="none") for t in logits]
+        terms = [F.kl_div(lp, log_mean, reduction="none", log_target=True) for lp in log_probs]
     else:
-        log_mean = mean.clamp(1e-7, 1).log()
-        terms = [F.kl_div(log_mean, p, reduction="none") for p in probs]
+        log_mean = log_mean.clamp(math.log(1e-7), 0)
+        terms = [F.kl_div(log_mean, lp, reduction="none", log_target=True) for lp in log_probs]
     return torch.stack([t.sum(1).mean() for t in terms]).mean()
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedgin.augment.base import GIN_OPTIONS, AUGMENTATIONS, Augmentation, make_augmentation
+from fedgin.augment.base import AUGMENTATIONS, GIN_OPTIONS, Augmentation, make_augmentation
 
 # method: (default views, clean view, reverse KL, default consistency weight; "K" divides it by the classes)
 _RECIPES: dict[str, tuple[int, bool, bool, float, bool]] = {
@@ -38,9 +38,15 @@ _RECIPES: dict[str, tuple[int, bool, bool, float, bool]] = {
 }
 FIXED_VIEWS = {"gin_ipa": 3}
 RECONSTRUCTION = ("raffesdg",)
-# options a recipe sets itself: where the user sets them instead
-RESERVED = {"n_views": "aug.views", "backend": "aug.backend", "n_classes": "data.organs",
-            **{k: f"aug.gin.{k}" for k in GIN_OPTIONS}}
+
+
+def reserved_options(method: str) -> dict[str, str]:
+    """The options of ``method`` that a recipe sets itself, each with the setting that sets it instead."""
+    cls = AUGMENTATIONS[method]
+    reserved = {"n_views": "aug.views", "backend": "aug.backend", "n_classes": "data.organs"}
+    if cls.takes_gin_options:
+        reserved.update({k: f"aug.gin.{k}" for k in GIN_OPTIONS})
+    return {k: v for k, v in reserved.items() if k in cls.option_names()}
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,10 @@ def make_recipe(method: str, *, n_classes: int, views: int | None = None, consis
         raise ValueError(f"unknown augmentation method {method!r}; choose one of {list(_RECIPES)}")
     default_views, clean, reverse, weight, per_class = _RECIPES[method]
     options = dict(options or {})
+    reserved = reserved_options(method)
     for key in options:
-        if key in RESERVED:
-            raise ValueError(f"option {key!r} is set by {RESERVED[key]}, not by the method's options")
+        if key in reserved:
+            raise ValueError(f"option {key!r} is set by {reserved[key]}, not by the method's options")
     if method in FIXED_VIEWS and views not in (None, FIXED_VIEWS[method]):
         raise ValueError(f"{method} always makes {FIXED_VIEWS[method]} views, got views={views}")
     if views is not None and (views < 1 or method == "none" and views != 1):

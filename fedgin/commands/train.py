@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fedgin.config import PRESETS, load_config
 from fedgin.fl import engine
@@ -34,11 +35,27 @@ def config_from_args(args: argparse.Namespace):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument("--engine", choices=("builtin", "flower"),
+                        help="builtin: one process; flower: a local Flower SuperLink and one SuperNode process per "
+                             "site (shorthand for --set engine=...; see docs/deployment.md)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", None):
+        args.overrides = [*args.overrides, f"engine={args.engine}"]
     cfg = config_from_args(args)
-    result = engine.run(cfg, args.out or f"runs/{cfg.name}", resume=args.resume, progress=not args.quiet)
-    print((result.run_dir / "table.md").read_text())
-    print(f"run directory: {result.run_dir}")
+    out = args.out or f"runs/{cfg.name}"
+    if cfg.engine == "flower":
+        if args.resume:
+            raise ValueError("--resume works with the built-in engine only")
+        try:
+            from fedgin.fl.flower.launcher import run_local
+        except ImportError as err:
+            raise ValueError(f"engine flower needs Flower: pip install 'fedgin[fl]' ({err})") from None
+        run_local(cfg, out, progress=not args.quiet)
+        run_dir = Path(out)
+    else:
+        run_dir = engine.run(cfg, out, resume=args.resume, progress=not args.quiet).run_dir
+    print((run_dir / "table.md").read_text())
+    print(f"run directory: {run_dir}")
     return 0

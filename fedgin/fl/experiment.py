@@ -12,7 +12,6 @@ import dataclasses
 import math
 from pathlib import Path
 
-from fedgin.augment import AUGMENTATIONS
 from fedgin.config import RunConfig, validate
 from fedgin.fl.engine import RunResult, run
 from fedgin.fl.report import comparison_csv, comparison_rows, comparison_table, experiment_table
@@ -145,11 +144,9 @@ def augmentation_cost(history: list[dict]) -> dict[str, float]:
                 share = row.get(key.removesuffix("step_time") + "gin_share", math.nan)
                 step.append(value)
                 aug.append(value * share)
-    mean = (lambda v: sum(v) / len(v) if v else math.nan)
-    return {"aug_ms": 1000 * mean(aug), "step_ms": 1000 * mean(step),
+    return {"aug_ms": 1000 * _mean(aug), "step_ms": 1000 * _mean(step),
             "train_s": sum(row.get("time_s", 0.0) for row in history)}
 
 
-def registered_methods() -> set[str]:
-    """The augmentations :data:`METHODS` must cover (every registered one)."""
-    return set(AUGMENTATIONS)
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan

@@ -68,3 +68,27 @@ def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, 
             ax.set_title(f"{name} {case.name} z={z}", fontsize=8)
     fig.suptitle(f"{cfg.name}: ground truth (green), prediction (red)", fontsize=9)
     _save(fig, rd.plots / "overlays.png")
+
+
+def comparison_plot(rows: list[dict], path, title: str = "") -> None:
+    """Per test set, mean DSC of every method federated (bars) and centralized (markers); last panel, the
+    augmentation cost per batch (federated arm)."""
+    sets = list(dict.fromkeys(r["test_set"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    x = np.arange(len(methods))
+    fig, axes = plt.subplots(1, len(sets) + 1, figsize=(4.5 * (len(sets) + 1), 4.2), squeeze=False)
+    for ax, test_set in zip(axes[0], sets, strict=False):
+        value = {(r["method"], r["setting"]): r["dice/mean"] for r in rows if r["test_set"] == test_set}
+        ax.bar(x, [value.get((m, "federated"), np.nan) for m in methods], 0.6, label="federated")
+        ax.plot(x, [value.get((m, "centralized"), np.nan) for m in methods], "k_", ms=18, mew=2,
+                label="centralized")
+        ax.set(title=f"test {test_set}: mean DSC", ylim=(0, 1))
+        ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=8)
+        ax.legend(fontsize=8)
+    ax = axes[0][-1]
+    cost = {r["method"]: r["aug_ms"] for r in rows if r["setting"] == "federated"}
+    ax.bar(x, [max(cost.get(m, np.nan), 1e-3) for m in methods], 0.6, color="C1")
+    ax.set(title="augmentation per batch (federated)", ylabel="ms", yscale="log")
+    ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)

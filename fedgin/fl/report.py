@@ -1,6 +1,8 @@
-"""Markdown tables: one run's test metrics, and the experiment's comparison of methods."""
+"""Markdown tables: one run's test metrics, and the experiment's comparison of methods (also as CSV)."""
 from __future__ import annotations
 
+import csv
+import io
 import math
 
 
@@ -43,3 +45,55 @@ def experiment_table(results: dict[str, dict[str, dict[str, float]]], organs: li
             _f(100 * dsc(method, s, o) / dsc(reference, s, o), 1) if dsc(reference, s, o) else "-"
             for s, o in cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+SETTINGS = {"fed": "federated", "central": "centralized"}
+
+
+def comparison_rows(tests: dict[str, dict[str, dict[str, float]]], costs: dict[str, dict[str, float]],
+                    methods: list[str]) -> list[dict]:
+    """One row per method, setting and test set from the arms ``fed-<m>`` / ``central-<m>``: DSC per organ
+    (``dice/<organ>``, ``dice/mean``), the federated mean as % of the centralized one, the arm's costs."""
+    rows = []
+    sets = list(next(iter(tests.values())))
+    for test_set in sets:
+        for method in methods:
+            central = tests.get(f"central-{method}", {}).get(test_set, {}).get("dice/mean", math.nan)
+            for prefix, setting in SETTINGS.items():
+                arm = f"{prefix}-{method}"
+                if arm not in tests:
+                    continue
+                metrics = tests[arm][test_set]
+                mean = metrics.get("dice/mean", math.nan)
+                pct = 100 * mean / central if central and not math.isnan(central) else math.nan
+                rows.append({"test_set": test_set, "method": method, "setting": setting,
+                             **{k: v for k, v in metrics.items() if k.startswith("dice/")},
+                             "pct_of_centralized": pct, **costs[arm]})
+    return rows
+
+
+def comparison_table(rows: list[dict], organs: list[str]) -> str:
+    """A markdown table per test set: methods x (federated, centralized), DSC per organ and mean, % of
+    centralized, augmentation ms per batch, step ms, training seconds."""
+    lines = []
+    for test_set in dict.fromkeys(r["test_set"] for r in rows):
+        lines += [f"### test set {test_set}", "",
+                  "| method | setting | " + " | ".join(organs) + " | mean | % of centralized | aug ms/batch | "
+                  "step ms | train s |", "|---|---|" + "---:|" * (len(organs) + 5)]
+        for r in (r for r in rows if r["test_set"] == test_set):
+            dsc = " | ".join(_f(r.get(f"dice/{o}", math.nan)) for o in [*organs, "mean"])
+            lines.append(f"| {r['method']} | {r['setting']} | {dsc} | {_f(r['pct_of_centralized'], 1)} | "
+                         f"{_f(r['aug_ms'], 2)} | {_f(r['step_ms'], 1)} | {_f(r['train_s'], 0)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def comparison_csv(rows: list[dict], organs: list[str]) -> str:
+    """The comparison's rows as CSV (one row per test set, method and setting)."""
+    columns = ["test_set", "method", "setting", *[f"dice/{o}" for o in [*organs, "mean"]], "pct_of_centralized",
+               "aug_ms", "step_ms", "train_s"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

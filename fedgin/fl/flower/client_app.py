@@ -13,7 +13,7 @@ from pathlib import Path
 
 import flwr
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
@@ -117,5 +117,3 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"num-examples": result.num_samples, **result.metrics})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
-
-__all__ = ["app", "ArrayRecord"]

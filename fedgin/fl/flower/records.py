@@ -21,7 +21,7 @@ def fedgin_version() -> str:
 
 
 def to_record(weights: Weights) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+    return ArrayRecord(array_dict={k: Array(np.asarray(v, order="C")) for k, v in weights.items()})
 
 
 def to_weights(record: ArrayRecord) -> Weights:

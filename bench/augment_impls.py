@@ -1,0 +1,57 @@
+"""The comparison augmentations (``fedgin.augment``) as suite rows: what users would pick instead of GIN, timed on
+the same shapes. They are not GIN, so the suite does not check them against ``reference_apply``
+(``reference_check=False``: reported as "not GIN: no reference check"). One call is what a trainer pays per
+batch: ``gin_ipa`` makes its 3 views, the others one; label-aware methods get a synthetic label map.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fedgin import GINParams
+from fedgin.augment import AUGMENTATIONS, make_augmentation
+
+from .cases import Case
+from .registry import Impl, Prepared, register
+
+N_CLASSES = 5  # background + 4 organs, as the trainer's default
+SUMMARIES = {
+    "gin": "fedgin.augment 'gin' (gin(x): a fresh per-sample draw + gin_apply backend auto, per call)",
+    "gin_ipa": "GIN-IPA: three GIN draws + the IPA B-spline mask blend (3 views per call)",
+    "randconv": "RandConv-mix: one random conv per batch, k in {1,3,5,7}, mixed with the input",
+    "pro_randconv": "Pro-RandConv: a random deformable conv block applied 1-10 times",
+    "fmaug": "FMAug: two random Butterworth high-pass views (FFT) blended by a random mask",
+    "raffesdg": "RaffeSDG: per-channel random Butterworth filters, smooth mask, output in [-1, 1]",
+    "semantic_randconv": "semantic random conv: one GIN per label class, blended by smoothed label masks "
+                         f"({N_CLASSES} classes, synthetic label map)",
+}
+
+
+def synthetic_label(case: Case, device: torch.device) -> Tensor:
+    """Bands of ``N_CLASSES`` classes along the first spatial axis, [B, 1, *S] (the methods need regions only)."""
+    first = case.size[0]
+    band = torch.arange(first, device=device) * N_CLASSES // first
+    shape = (1, 1, first) + (1,) * (case.dims - 1)
+    return band.reshape(shape).expand(case.batch, 1, *case.size).contiguous()
+
+
+def _prepare(name: str):
+    def prepare(case: Case, device: torch.device) -> Prepared:
+        aug = make_augmentation(name)
+        label = synthetic_label(case, device) if aug.needs_label else None
+        gen = torch.Generator(device=device).manual_seed(0)
+
+        def fn(x: Tensor, params: GINParams) -> Tensor:
+            out = aug(x, label=label, generator=gen)
+            return out[0] if isinstance(out, tuple) else out
+
+        return fn
+
+    return prepare
+
+
+for _name, _summary in SUMMARIES.items():
+    register(Impl(f"aug-{_name}", _summary, _prepare(_name), graphable=False, reference_check=False))
+
+if set(SUMMARIES) != set(AUGMENTATIONS) - {"none"}:  # a new method must be benchmarked too
+    raise RuntimeError(f"bench/augment_impls.py lists {sorted(SUMMARIES)}; fedgin.augment has {sorted(AUGMENTATIONS)}")

@@ -1,0 +1,283 @@
+"""The ServerApp: the sites join (a handshake checks versions and data), then Flower's FedAvg or FedProx runs
+the rounds with fedgin's sampling, :func:`~fedgin.fl.aggregate.fedavg` and bookkeeping, and the run directory
+gets what the built-in engine writes (config, metrics per round, checkpoints, best model, test table, plots).
+
+Held-out test sets are evaluated on the server (they are the coordinator's); each site validates the global
+model on its own validation cases.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedProx, Strategy
+
+from fedgin.config import RunConfig, dump
+from fedgin.fl.aggregate import Weights, fedavg
+from fedgin.fl.client import EvalResult, get_weights
+from fedgin.fl.engine import Federation, _sample, _validate, evaluate_tests, resolve_device
+from fedgin.fl.flower.records import OUT_KEY, error_text, fedgin_version, run_config, to_record, to_weights
+from fedgin.fl.plots import write_plots
+from fedgin.fl.report import run_table
+from fedgin.fl.rundir import RunDir, atomic_write, to_tensors
+from fedgin.train.data import load_source
+from fedgin.train.model import make_model
+
+log = logging.getLogger("fedgin.flower")
+app = ServerApp()
+
+
+class RoundFailed(RuntimeError):
+    """Too few sites replied in a round (``flower.min_fit_clients``)."""
+
+
+@dataclass
+class SiteNode:
+    """A joined SuperNode as the server sees it: its site, and what it last sent. Stands in for a
+    :class:`~fedgin.fl.client.Client` where the engine's validation and test code reads one."""
+
+    name: str
+    modality: str
+    index: int  # in data.sites: the order of aggregation and sampling
+    node_id: int
+    local_state: Weights = field(default_factory=dict)  # FedBN: its normalization layers after its last fit
+    result: EvalResult | None = None  # its last validation
+
+    def evaluate(self, weights: Weights, hd95: bool = True) -> EvalResult:
+        return self.result or EvalResult(0, {})
+
+
+class ServerRun:
+    """One run's server side: sampling, aggregation, validation rows, best model and the run directory."""
+
+    def __init__(self, cfg: RunConfig, rd: RunDir, sites: list[SiteNode], weights: Weights) -> None:
+        self.cfg, self.rd, self.sites, self.weights = cfg, rd, sites, weights
+        self.sampler = torch.Generator().manual_seed(cfg.seed)  # as the built-in engine's
+        self.dropped: dict[str, str] = {}  # site -> why it left the run
+        self.history: list[dict] = []
+        self.best, self.best_round, self.best_score = weights, -1, -math.inf
+        self.sent: list[SiteNode] = []
+        self.row: dict = {}
+        self.t0 = time.perf_counter()
+
+    def active(self) -> list[SiteNode]:
+        return [s for s in self.sites if s.name not in self.dropped]
+
+    def start_round(self, server_round: int, arrays: ArrayRecord) -> list[int]:
+        """The node ids to train this round (the built-in engine's sampling over the sites still in the run)."""
+        self.t0 = time.perf_counter()
+        self.row = {"round": server_round}
+        self.weights = to_weights(arrays)
+        self.sent = _sample(self.active(), self.cfg.fed.fraction, self.sampler) if self.active() else []
+        return [s.node_id for s in self.sent]
+
+    def _replies(self, sent: list[SiteNode], replies: Iterable[Message], what: str):
+        by_node = {m.metadata.src_node_id: m for m in replies}
+        ok, failed = [], []
+        for site in sent:
+            msg = by_node.get(site.node_id)
+            if msg is None:
+                why = f"no {what} reply within flower.round_timeout = {self.cfg.flower.round_timeout:g} s"
+            elif msg.has_error():
+                why = error_text(msg.error.reason)
+            else:
+                ok.append((site, msg.content))
+                continue
+            failed.append(f"site {site.name} (SuperNode {site.node_id}): {why}")
+            self.dropped[site.name] = why
+            log.warning("round %d: site %s leaves the run: %s", self.row["round"], site.name, why)
+        return ok, failed
+
+    def aggregate(self, replies: Iterable[Message]) -> tuple[ArrayRecord, MetricRecord]:
+        """fedgin's FedAvg of the sites' replies, in site order; too few replies stop the run."""
+        r = self.row["round"]
+        ok, failed = self._replies(self.sent, replies, "training")
+        need = max(1, self.cfg.flower.min_fit_clients or len(self.sent))
+        if len(ok) < need:
+            kept = f"after round {self.history[-1]['round']}" if self.history else "none yet"
+            raise RoundFailed(f"round {r}: {len(ok)} of {len(self.sent)} sites replied, {need} needed "
+                              f"(flower.min_fit_clients); {'; '.join(failed)}. Last checkpoint: {self.rd.state} "
+                              f"({kept})")
+        local_keys = {k for _, c in ok for k in str(c["fedgin"]["local-keys"]).split()}
+        results, train = [], {}
+        for site, content in ok:
+            weights = to_weights(content["arrays"])
+            metrics = content["metrics"]
+            results.append((weights, metrics["num-examples"] if self.cfg.fed.weighting == "samples" else 1))
+            site.local_state = {k: weights[k] for k in local_keys}
+            train.update({f"train/{site.name}/{k}": float(v) for k, v in metrics.items() if k != "num-examples"})
+        self.row.update(train)
+        return to_record(fedavg(results, self.weights, local_keys)), MetricRecord(train)
+
+    def evaluation_nodes(self) -> list[int]:
+        """The sites with validation cases."""
+        return [s.node_id for s in self.active() if self.cfg.data.sites[s.index].val_cases > 0]
+
+    def validate(self, replies: Iterable[Message]) -> MetricRecord:
+        """The sites' validation, combined per modality as the built-in engine does."""
+        asked = set(self.evaluation_nodes())
+        ok, _ = self._replies([s for s in self.active() if s.node_id in asked], replies, "validation")
+        for site in self.sites:
+            site.result = None
+        for site, content in ok:
+            metrics = dict(content["metrics"])
+            n = int(metrics.pop("num-examples"))
+            site.result = EvalResult(n, {k: float(v) for k, v in metrics.items()})
+        val = _validate([s for s, _ in ok], self.weights, self.cfg.eval.hd95_every_round)
+        self.row.update(val)
+        return MetricRecord(val)
+
+    def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """After a round's validation (Flower's ``evaluate_fn``): best round, checkpoints, metrics."""
+        if server_round == 0:
+            return None
+        weights = self.weights = to_weights(arrays)
+        r = server_round - 1
+        score = self.row.get("val/score", float(r))
+        if score > self.best_score:
+            self.best, self.best_round, self.best_score = weights, r, score
+        self.row.update({"best_round": self.best_round + 1, "time_s": time.perf_counter() - self.t0})
+        self.history.append(self.row)
+        if self.cfg.eval.keep_round_checkpoints:
+            self.rd.save_round(r, weights)
+        self.rd.write_history(self.history)
+        self.rd.save_state({"round": server_round, "global": to_tensors(weights), "best": to_tensors(self.best),
+                            "best_round": self.best_round, "best_score": self.best_score, "history": self.history,
+                            "sites_left": dict(self.dropped)})
+        log.info("round %d/%d: val score %.3f (best round %d)", server_round, self.cfg.fed.rounds,
+                 score if "val/score" in self.row else math.nan, self.best_round + 1)
+        return MetricRecord({"best_round": self.best_round + 1})
+
+    def finish(self, tests: dict, device: torch.device) -> dict:
+        """The best model on the held-out test sets: best_model.pt, table.md, plots, test_metrics.json."""
+        cfg, rd = self.cfg, self.rd
+        rd.save_weights(rd.best, self.best)
+        fed = Federation(self.sites, [], tests)
+        test = evaluate_tests(cfg, fed, self.best, device)
+        atomic_write(rd.table, run_table(test, cfg.data.organs, title=f"{cfg.name}: best round {self.best_round + 1}"))
+        write_plots(rd, cfg, self.history, test, fed, self.best, device)
+        atomic_write(rd.test, json.dumps({"best_round": self.best_round + 1, "test": test}, indent=1))
+        return test
+
+
+class FedGIN(FedAvg):
+    """Flower's FedAvg driven by a :class:`ServerRun` (set as ``.run``): fedgin's sampling and aggregation."""
+
+    run: ServerRun
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        nodes = self.run.start_round(server_round, arrays)
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        return self.run.aggregate(replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, self.run.evaluation_nodes(), MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord:
+        return self.run.validate(replies)
+
+
+class FedGINProx(FedProx, FedGIN):
+    """Flower's FedProx (it sends ``proximal-mu``; each site's Client adds the proximal term) over :class:`FedGIN`."""
+
+
+def make_strategy(cfg: RunConfig, run: ServerRun) -> Strategy:
+    """FedAvg, or FedProx when ``fed.prox_mu > 0``; wrapped in Flower's client-side-clipping DP when
+    ``flower.dp.clip > 0``."""
+    n = len(run.sites)
+    kw = {"fraction_train": cfg.fed.fraction, "min_train_nodes": 1, "min_evaluate_nodes": 1,
+          "min_available_nodes": cfg.flower.min_available_clients or n}
+    strategy = FedGINProx(proximal_mu=cfg.fed.prox_mu, **kw) if cfg.fed.prox_mu > 0 else FedGIN(**kw)
+    strategy.run = run
+    dp = cfg.flower.dp
+    if dp.clip > 0:
+        sampled = max(1, round(cfg.fed.fraction * n))
+        return DifferentialPrivacyClientSideFixedClipping(strategy, dp.noise_multiplier, dp.clip, sampled)
+    return strategy
+
+
+def join(grid: Grid, cfg: RunConfig) -> list[SiteNode]:
+    """Wait for the SuperNodes, then the handshake: each names its site; versions and data are checked."""
+    fl, n_sites = cfg.flower, len(cfg.data.sites)
+    need = fl.min_available_clients or n_sites
+    deadline = time.monotonic() + fl.join_timeout
+    while len(ids := list(grid.get_node_ids())) < n_sites:
+        if time.monotonic() > deadline:
+            if len(ids) >= need:
+                break
+            raise TimeoutError(f"{len(ids)} of {need} SuperNodes joined within flower.join_timeout = "
+                               f"{fl.join_timeout:g} s: check that each site's flower-supernode runs and reaches "
+                               "the SuperLink")
+        time.sleep(1)
+    version = fedgin_version()
+    hello = [Message(RecordDict({"config": ConfigRecord({"fedgin": version})}), dst_node_id=i,
+                     message_type=MessageType.QUERY) for i in ids]
+    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(hello, timeout=fl.join_timeout)}
+    problems, sites = [], {}
+    index = {s.name: i for i, s in enumerate(cfg.data.sites)}
+    for node in ids:
+        msg = replies.get(node)
+        if msg is None:
+            problems.append(f"SuperNode {node}: no reply to the handshake within {fl.join_timeout:g} s")
+            continue
+        if msg.has_error():
+            problems.append(f"SuperNode {node}: {error_text(msg.error.reason)}")
+            continue
+        info = msg.content["site"]
+        name = str(info["site"])
+        if info["fedgin"] != version:
+            problems.append(f"SuperNode {node} (site {name}) runs fedgin {info['fedgin']}, the server fedgin "
+                            f"{version}: install the same fedgin version at every site")
+        elif name in sites:
+            problems.append(f"SuperNodes {sites[name].node_id} and {node} both serve site {name}")
+        else:
+            sites[name] = SiteNode(name, str(info["modality"]), index[name], node)
+    if problems:
+        raise ValueError("the sites cannot start: " + "; ".join(problems))
+    if len(sites) < need:
+        raise ValueError(f"{len(sites)} of {need} sites joined (flower.min_available_clients)")
+    missing = [s.name for s in cfg.data.sites if s.name not in sites]
+    if missing:
+        log.warning("sites %s did not join; training without them", missing)
+    return sorted(sites.values(), key=lambda s: s.index)
+
+
+def run_on_grid(grid: Grid, cfg: RunConfig, out: str | Path) -> dict:
+    """The whole run on a Flower grid into the run directory ``out``; returns the test metrics."""
+    rd = RunDir(out)
+    if rd.config.exists():
+        raise ValueError(f"{rd.path} already holds a run; choose another run directory")
+    if cfg.fed.norm == "dsbn":
+        raise ValueError("fed.norm: dsbn is not supported on engine: flower yet; use engine: builtin")
+    device = resolve_device(cfg.device)
+    tests = {t.name or t.modality: (t.modality, load_source(t, cfg.data)) for t in cfg.data.test}
+    sites = join(grid, cfg)
+    atomic_write(rd.config, dump(cfg))  # once the sites joined: a run that cannot start leaves nothing behind
+    torch.manual_seed(cfg.seed)
+    weights = get_weights(make_model(cfg))
+    run = ServerRun(cfg, rd, sites, weights)
+    make_strategy(cfg, run).start(grid, to_record(weights), cfg.fed.rounds, timeout=cfg.flower.round_timeout,
+                                  evaluate_config=ConfigRecord({"hd95": cfg.eval.hd95_every_round}),
+                                  evaluate_fn=run.end_round)
+    return run.finish(tests, device)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_on_grid(grid, run_config(context), str(context.run_config[OUT_KEY]))

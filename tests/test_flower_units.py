@@ -1,0 +1,217 @@
+"""The Flower apps' parts without processes: aggregation and round failures, DP clipping and noise, the handshake,
+node configs, certificates and the app project."""
+import os
+import stat
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tomli
+import torch
+import yaml
+
+pytest.importorskip("flwr")
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.common.config import validate_config  # noqa: E402
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedgin.config import build, dump, load_config  # noqa: E402
+from fedgin.fl.aggregate import fedavg  # noqa: E402
+from fedgin.fl.flower import client_app, server_app  # noqa: E402
+from fedgin.fl.flower.certs import write_node_keys, write_server_certificates  # noqa: E402
+from fedgin.fl.flower.project import write_project  # noqa: E402
+from fedgin.fl.flower.records import CONFIG_KEY, OUT_KEY, error_text, fedgin_version, to_record, to_weights  # noqa: E402
+from fedgin.fl.rundir import RunDir  # noqa: E402
+
+SITES = "data.sites=[{name: ct-a, modality: ct, cases: 3, seed: 1}, {name: mri-a, modality: mri-t1, cases: 2, seed: 2}]"
+
+
+def cfg_with(*over):
+    return load_config(overrides=[SITES, "engine=flower", "model.channels=[4, 8]", "model.strides=[2]", *over])
+
+
+def weights(seed, n=3):
+    g = np.random.default_rng(seed)
+    return {"w": g.normal(size=(n, n)).astype(np.float32), "steps": np.array(seed, dtype=np.int64)}
+
+
+def reply(node, w=None, n=4, error=None, loss=1.0):
+    content = None
+    if error is None:
+        content = RecordDict({"arrays": to_record(w), "metrics": MetricRecord({"num-examples": n, "loss": loss}),
+                              "fedgin": ConfigRecord({"local-keys": ""})})
+    return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), content=content,
+                           has_error=lambda: error is not None, error=SimpleNamespace(reason=error))
+
+
+def server_run(tmp_path, *over):
+    cfg = cfg_with(*over)
+    sites = [server_app.SiteNode("ct-a", "ct", 0, 11), server_app.SiteNode("mri-a", "mri-t1", 1, 22)]
+    return server_app.ServerRun(cfg, RunDir(tmp_path / "run"), sites, weights(0))
+
+
+def test_error_reasons_read_plainly():
+    assert error_text("<class 'FileNotFoundError'>:<'site a: data directory /x does not exist'>") == \
+        "FileNotFoundError: site a: data directory /x does not exist"
+    assert error_text("node unavailable") == "node unavailable"
+
+
+def test_rounds_aggregate_with_fedavg_in_site_order(tmp_path):
+    run = server_run(tmp_path)
+    assert run.start_round(1, to_record(weights(0))) == [11, 22]
+    w1, w2 = weights(1), weights(2)
+    arrays, metrics = run.aggregate([reply(22, w2, n=8, loss=2.0), reply(11, w1, n=4)])
+    expected = fedavg([(w1, 4), (w2, 8)], weights(0))
+    got = to_weights(arrays)
+    assert np.array_equal(got["w"], expected["w"])
+    assert got["steps"].dtype == np.int64 and got["steps"].shape == ()  # 0-d arrays keep their shape
+    assert run.row["train/ct-a/loss"] == 1.0 and run.row["train/mri-a/loss"] == 2.0
+    assert list(run.row)[1:] == ["train/ct-a/loss", "train/mri-a/loss"]  # site order, as the built-in engine
+
+
+def test_a_missing_site_stops_the_round_and_keeps_the_checkpoint(tmp_path):
+    run = server_run(tmp_path)
+    run.start_round(1, to_record(weights(0)))
+    arrays, _ = run.aggregate([reply(11, weights(1)), reply(22, weights(2))])
+    run.end_round(1, arrays)
+    saved = run.rd.state.read_bytes()
+    run.start_round(2, arrays)
+    failed = r"round 2: 1 of 2 sites replied, 2 needed.*site mri-a \(SuperNode 22\): no training reply"
+    with pytest.raises(server_app.RoundFailed, match=failed + r".*state.pt \(after round 1\)"):
+        run.aggregate([reply(11, weights(3))])
+    assert run.rd.state.read_bytes() == saved
+    assert torch.load(run.rd.state, weights_only=True)["round"] == 1
+
+
+def test_min_fit_clients_lets_the_round_finish_without_a_failed_site(tmp_path):
+    run = server_run(tmp_path, "flower.min_fit_clients=1")
+    run.start_round(1, to_record(weights(0)))
+    arrays, _ = run.aggregate([reply(11, weights(1)), reply(22, error="<class 'RuntimeError'>:<'disk full'>")])
+    assert np.array_equal(to_weights(arrays)["w"], weights(1)["w"])
+    assert run.dropped == {"mri-a": "RuntimeError: disk full"}
+    assert run.start_round(2, arrays) == [11]  # the failed site gets no more work
+
+
+@pytest.fixture
+def in_a_run(monkeypatch):
+    """Messages are made inside a run (Flower reads the run id of the process)."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def test_dp_clips_each_update_and_the_server_adds_noise(tmp_path, in_a_run):
+    run = server_run(tmp_path, "flower.dp.clip=0.5", "flower.dp.noise_multiplier=2.0")
+    strategy = server_app.make_strategy(run.cfg, run)
+    assert isinstance(strategy, DifferentialPrivacyClientSideFixedClipping)
+    assert strategy.clipping_norm == 0.5 and strategy.num_sampled_clients == 2
+
+    # client side: the clipping mod bounds the L2 norm of the update to the clipping norm
+    start = {"w": np.zeros((3, 3), np.float32)}
+    msg = Message(RecordDict({"arrays": to_record(start), "config": ConfigRecord({"clipping_norm": 0.5})}),
+                  dst_node_id=1, message_type=MessageType.TRAIN)
+    big = {"w": np.full((3, 3), 10.0, np.float32)}
+    out = client_app.clipping_mod(msg, None, lambda m, c: Message(RecordDict({"arrays": to_record(big)}), reply_to=m))
+    assert np.linalg.norm(to_weights(out.content["arrays"])["w"]) == pytest.approx(0.5, rel=1e-5)
+    plain = Message(RecordDict({"arrays": to_record(start), "config": ConfigRecord({})}), dst_node_id=1,
+                    message_type=MessageType.TRAIN)
+    same = client_app.clipping_mod(plain, None, lambda m, c: Message(RecordDict({"arrays": to_record(big)}),
+                                                                     reply_to=m))
+    assert np.array_equal(to_weights(same.content["arrays"])["w"], big["w"])  # no DP in the run: untouched
+
+    # server side: Gaussian noise of std noise_multiplier * clip / sampled sites on the aggregate
+    cfg_messages = list(strategy.configure_train(1, to_record(weights(0)), ConfigRecord(), grid=None))
+    assert all(m.content["config"]["clipping_norm"] == 0.5 for m in cfg_messages)
+    w = {"w": np.zeros((200, 200), np.float32), "steps": np.array(0, np.int64)}
+    arrays, _ = strategy.aggregate_train(1, [reply(11, w), reply(22, w)])
+    assert np.std(to_weights(arrays)["w"]) == pytest.approx(2.0 * 0.5 / 2, rel=0.05)
+
+
+class Grid:
+    def __init__(self, replies):
+        self.replies = replies
+
+    def get_node_ids(self):
+        return [r.metadata.src_node_id for r in self.replies]
+
+    def send_and_receive(self, messages, timeout=None):
+        assert all(m.metadata.message_type == MessageType.QUERY for m in messages)
+        return self.replies
+
+
+def hello(node, site, version=None):
+    info = ConfigRecord({"site": site, "modality": "ct", "fedgin": version or fedgin_version(), "flwr": "1.42.0"})
+    return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), content=RecordDict({"site": info}),
+                           has_error=lambda: False)
+
+
+def test_handshake_maps_nodes_to_sites_and_names_bad_nodes(in_a_run):
+    cfg = cfg_with()
+    sites = server_app.join(Grid([hello(7, "mri-a"), hello(5, "ct-a")]), cfg)
+    assert [(s.name, s.node_id, s.index) for s in sites] == [("ct-a", 5, 0), ("mri-a", 7, 1)]
+    with pytest.raises(ValueError, match=r"SuperNode 7 \(site mri-a\) runs fedgin 0\.0\.1, the server fedgin "):
+        server_app.join(Grid([hello(5, "ct-a"), hello(7, "mri-a", "0.0.1")]), cfg)
+    missing = reply(9, error="<class 'FileNotFoundError'>:<'site mri-a: data directory /gone (node config "
+                             "data-dir) does not exist'>")
+    with pytest.raises(ValueError, match=r"SuperNode 9: FileNotFoundError: site mri-a: data directory /gone"):
+        server_app.join(Grid([hello(5, "ct-a"), missing]), cfg)
+
+
+def context(cfg, **node):
+    return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(),
+                   run_config={CONFIG_KEY: dump(cfg), OUT_KEY: "/tmp/x"})
+
+
+def test_node_config_errors_name_the_site_and_the_problem(tmp_path):
+    cfg = cfg_with()
+    with pytest.raises(FileNotFoundError, match=f"site ct-a: data directory {tmp_path / 'gone'}"):
+        client_app.node_site(context(cfg, site="ct-a", **{"data-dir": str(tmp_path / "gone")}))
+    with pytest.raises(ValueError, match=r"site 'x' \(node config\) is not one of the run's sites"):
+        client_app.node_site(context(cfg, site="x"))
+    with pytest.raises(ValueError, match="node config modality 'mri-t2' differs from the run's 'ct'"):
+        client_app.node_site(context(cfg, site="ct-a", modality="mri-t2"))
+    with pytest.raises(ValueError, match="no site"):
+        client_app.node_site(context(cfg))
+    _, index, site = client_app.node_site(context(cfg, site="mri-a", **{"data-dir": str(tmp_path)}))
+    assert index == 1 and site.data_dir == str(tmp_path) and site.cases == 2
+
+
+def test_certificates_chain_and_node_keys(tmp_path):
+    certs = write_server_certificates(tmp_path, ["127.0.0.1", "superlink.example.org"])
+    ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    cert = x509.load_pem_x509_certificate(certs.cert.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert san.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
+    assert stat.S_IMODE(os.stat(certs.key).st_mode) == 0o600
+    keys = write_node_keys(tmp_path, "ct-a")
+    private = load_ssh_private_key(keys.private.read_bytes(), None)
+    assert private.curve.name == "secp384r1"
+    assert load_ssh_public_key(keys.public.read_bytes()).public_numbers() == private.public_key().public_numbers()
+    with pytest.raises(ValueError, match="needs at least one"):
+        write_server_certificates(tmp_path, [])
+
+
+def test_the_app_project_carries_the_config(tmp_path):
+    cfg = cfg_with("fed.rounds=3")
+    path = write_project(tmp_path / "app", cfg, tmp_path / "run")
+    doc = tomli.loads(path.read_text())
+    ok, errors, _ = validate_config(doc, check_module=True)
+    assert ok, errors
+    run_config = doc["tool"]["flwr"]["app"]["config"]
+    assert build(yaml.safe_load(run_config[CONFIG_KEY])) == cfg
+    assert run_config[OUT_KEY] == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize("over, match", [
+    (["engine=ray"], "engine"), (["fed.mode=centralized"], "centralized"),
+    (["flower.dp.noise_multiplier=1.0"], "noise needs a clip"), (["flower.min_fit_clients=3"], "within 0..2"),
+])
+def test_flower_config_errors(over, match):
+    with pytest.raises(ValueError, match=match):
+        cfg_with(*over)
