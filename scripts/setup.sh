@@ -13,4 +13,4 @@ fi
 if ! .venv/bin/python -c "import torch, triton" 2>/dev/null; then
   .venv/bin/python -m pip install -q "torch==2.13.0" "triton==3.6.0" "numpy<2.4"
 fi
-.venv/bin/python -m pip install -q "numpy<2.4" -e ".[test,bench]"
+.venv/bin/python -m pip install -q "numpy<2.4" -e ".[test,bench,fl]"
