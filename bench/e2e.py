@@ -25,7 +25,8 @@ def _stepper(e2e: E2ECase, device: torch.device, fn: Prepared | None, shared: bo
     """One training step as a closure returning (step ms, GIN ms); ``fn=None``: one view, no GIN."""
     from monai.networks.nets import UNet
 
-    from fedgin.train.losses import consistency_loss, make_loss
+    from fedgin.augment.losses import kl_consistency
+    from fedgin.train.losses import make_loss
 
     case = e2e.gin
     torch.manual_seed(seed)
@@ -53,7 +54,7 @@ def _stepper(e2e: E2ECase, device: torch.device, fn: Prepared | None, shared: bo
             logits = model(xin)
             loss = seg_loss(logits[: case.batch], y)
             if views > 1:
-                loss = loss + 10.0 * consistency_loss(list(logits.split(case.batch)))
+                loss = loss + 10.0 * kl_consistency(list(logits.split(case.batch)), reverse=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
