@@ -106,7 +106,7 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
                   total=cfg.fed.rounds)
     for r in rounds:
         t0 = time.perf_counter()
-        chosen = _sample(fed.trainers, cfg.fed.fraction, sampler)
+        chosen = sample_clients(fed.trainers, cfg.fed.fraction, sampler)
         row: dict = {"round": r + 1}
         results, domains = [], []
         for c in chosen:
@@ -122,7 +122,7 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
             weights = fedavg_dsbn(results, weights, domains, domain_keys)
         else:
             weights = fedavg(results, weights, local_keys)
-        row.update(_validate(fed.sites, weights, cfg.eval.hd95_every_round))
+        row.update(validate_sites(fed.sites, weights, cfg.eval.hd95_every_round))
         score = row.get("val/score", float(r))  # no validation cases: keep the last round
         if score > best_score:
             best, best_round, best_score = weights, r, score
@@ -156,13 +156,13 @@ def _finished(rd: RunDir) -> RunResult:
     return RunResult(rd.path, done["test"], done["best_round"], history)
 
 
-def _sample(trainers: list[Client], fraction: float, gen: torch.Generator) -> list[Client]:
+def sample_clients(trainers: list[Client], fraction: float, gen: torch.Generator) -> list[Client]:
     k = max(1, round(fraction * len(trainers)))
     idx = torch.randperm(len(trainers), generator=gen)[:k].sort().values
     return [trainers[i] for i in idx.tolist()]
 
 
-def _validate(sites: list[Client], weights: Weights, hd95: bool) -> dict[str, float]:
+def validate_sites(sites: list[Client], weights: Weights, hd95: bool) -> dict[str, float]:
     """Validation per site and per modality (case-weighted); ``val/score`` = mean over modalities of mean Dice."""
     row: dict[str, float] = {}
     by_mod: dict[str, list[tuple[int, dict]]] = {}

@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 from fedgin.config import RunConfig, dump
 from fedgin.fl.aggregate import Weights, fedavg
 from fedgin.fl.client import EvalResult, get_weights
-from fedgin.fl.engine import Federation, _sample, _validate, evaluate_tests, resolve_device
+from fedgin.fl.engine import Federation, evaluate_tests, resolve_device, sample_clients, validate_sites
 from fedgin.fl.flower.records import OUT_KEY, error_text, fedgin_version, run_config, to_record, to_weights
 from fedgin.fl.plots import write_plots
 from fedgin.fl.report import run_table
@@ -76,7 +76,7 @@ class ServerRun:
         self.t0 = time.perf_counter()
         self.row = {"round": server_round}
         self.weights = to_weights(arrays)
-        self.sent = _sample(self.active(), self.cfg.fed.fraction, self.sampler) if self.active() else []
+        self.sent = sample_clients(self.active(), self.cfg.fed.fraction, self.sampler) if self.active() else []
         return [s.node_id for s in self.sent]
 
     def _replies(self, sent: list[SiteNode], replies: Iterable[Message], what: str):
@@ -131,7 +131,7 @@ class ServerRun:
             metrics = dict(content["metrics"])
             n = int(metrics.pop("num-examples"))
             site.result = EvalResult(n, {k: float(v) for k, v in metrics.items()})
-        val = _validate([s for s, _ in ok], self.weights, self.cfg.eval.hd95_every_round)
+        val = validate_sites([s for s, _ in ok], self.weights, self.cfg.eval.hd95_every_round)
         self.row.update(val)
         return MetricRecord(val)
 
