@@ -223,6 +223,10 @@ def gin_stream_kernel(
                 tl.store(o_b + N64 * c + ooff, mixed.to(out_ptr.dtype.element_ty), mask=keep)
             if MODE == STORE_SCALED:
                 tl.store(o_b + N64 * c + ooff, (mixed * scale).to(out_ptr.dtype.element_ty), mask=keep)
+        if MODE == NORMS_ONLY:
+            # no store in this loop: the compiler would hoist every weight load out of it (550 in 3D) and spill
+            # (bench/NOTES.md); the barrier keeps them in the loop, as the stores do in the other modes
+            tl.debug_barrier()
 
     if MODE != STORE_SCALED:
         q = part_ptr + (b.to(tl.int64) * n_tiles + tile) * 2
