@@ -129,6 +129,21 @@ class DPConfig:
 
 
 @dataclass
+class SecAggConfig:
+    """Secure aggregation on Flower (SecAgg+): the server only learns the sum of the sites' masked updates.
+
+    Defaults: shares and threshold as Flower's flower-secure-aggregation example, the ranges as Flower 1.42's
+    ``SecAggPlusWorkflow``. A value > 1 is a count, <= 1 a fraction (Flower's int/float semantics).
+    """
+
+    enabled: bool = False
+    num_shares: float = 3.0  # shares of each site's mask secrets: a count (>= 3), or a fraction of the sampled sites
+    reconstruction_threshold: float = 2.0  # shares that recover a secret: a count, or a fraction of num_shares
+    clipping_range: float = 8.0  # every float entry of the model must lie within +-clipping_range
+    quantization_range: int = 2**22  # integer levels over [-clipping_range, clipping_range]
+
+
+@dataclass
 class FlowerConfig:
     """``engine: flower``: who must take part, how long to wait, transport security, privacy."""
 
@@ -138,6 +153,7 @@ class FlowerConfig:
     join_timeout: float = 300.0  # seconds to wait for the SuperNodes to join
     insecure: bool = False  # no TLS, no SuperNode authentication: only for trials on one machine
     dp: DPConfig = field(default_factory=DPConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
 
 @dataclass
@@ -436,6 +452,41 @@ def _check_flower(cfg: RunConfig, err) -> None:
         raise err("flower", "round_timeout and join_timeout must be > 0")
     if fl.dp.clip < 0 or fl.dp.noise_multiplier < 0 or fl.dp.noise_multiplier > 0 and fl.dp.clip == 0:
         raise err("flower.dp", "clip and noise_multiplier must be >= 0; noise needs a clip > 0")
+    if fl.secagg.enabled:
+        _check_secagg(cfg, err)
+
+
+def _check_secagg(cfg: RunConfig, err) -> None:
+    """``flower.secagg``: what Flower's SecAgg+ accepts, and what it cannot be combined with."""
+    sa, n = cfg.flower.secagg, len(cfg.data.sites)
+    if cfg.engine != "flower":
+        raise err("flower.secagg.enabled", "secure aggregation runs on engine: flower only")
+    sampled = max(1, round(cfg.fed.fraction * (cfg.flower.min_available_clients or n)))
+    if sampled < 2:
+        raise err("flower.secagg.enabled", f"SecAgg+ needs >= 2 sampled sites a round; data.sites, fed.fraction "
+                                           f"and flower.min_available_clients allow {sampled}")
+    if cfg.fed.norm != "average":
+        raise err("fed.norm", f"{cfg.fed.norm!r} keeps normalization layers per site or modality, but under "
+                              "flower.secagg the server only sees the average of all sites: use fed.norm: average")
+    if cfg.flower.dp.clip > 0:
+        raise err("flower.dp.clip", "differential privacy and flower.secagg cannot be combined yet; turn one off")
+    shares, threshold = sa.num_shares, sa.reconstruction_threshold
+    if shares <= 0 or shares > 1 and (shares != int(shares) or shares < 3):
+        raise err("flower.secagg.num_shares", f"must be an integer >= 3 (a count) or within (0, 1] (a fraction of "
+                                              f"the sampled sites), got {shares:g}")
+    if threshold <= 0 or threshold > 1 and (threshold != int(threshold) or threshold > sampled):
+        raise err("flower.secagg.reconstruction_threshold", f"must be an integer within 2..{sampled} (the sampled "
+                                                            f"sites; a count) or within (0, 1] (a fraction of "
+                                                            f"num_shares), got {threshold:g}")
+    if 1 < shares <= threshold:
+        raise err("flower.secagg.reconstruction_threshold", f"must be below flower.secagg.num_shares ({shares:g})")
+    if sa.clipping_range <= 0:
+        raise err("flower.secagg.clipping_range", f"must be > 0, got {sa.clipping_range:g}")
+    most = (2**32 - 1) // n  # Flower's modulus_range 2**32 must exceed the sum of n sites' quantized values
+    if not 2 <= sa.quantization_range <= most:
+        raise err("flower.secagg.quantization_range", f"must be within 2..{most} ({n} sites' quantized values "
+                                                      f"must sum below 2**32), got {sa.quantization_range}")
+
 
 def _check_source(src, key: str, err, organs: list[str]) -> None:
     if src.modality not in MODALITIES:

@@ -1,7 +1,12 @@
 """The Flower apps' parts without processes: aggregation and round failures, DP clipping and noise, the handshake,
 node configs, certificates and the app project."""
+import math
 import os
+import shutil
+import socket
 import stat
+import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,12 +25,27 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping  
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedgin.config import build, dump, load_config  # noqa: E402
+from fedgin.data.msd import read_dataset  # noqa: E402
 from fedgin.fl.aggregate import fedavg  # noqa: E402
+from fedgin.fl.client import get_weights  # noqa: E402
+from fedgin.fl.experiment import METHODS, method_config  # noqa: E402
 from fedgin.fl.flower import client_app, server_app  # noqa: E402
 from fedgin.fl.flower.certs import write_node_keys, write_server_certificates  # noqa: E402
+from fedgin.fl.flower.launcher import free_port  # noqa: E402
 from fedgin.fl.flower.project import write_project  # noqa: E402
-from fedgin.fl.flower.records import CONFIG_KEY, OUT_KEY, error_text, fedgin_version, to_record, to_weights  # noqa: E402
+from fedgin.fl.flower.reach import check_superlink  # noqa: E402
+from fedgin.fl.flower.records import (  # noqa: E402
+    CONFIG_KEY,
+    OUT_KEY,
+    RUN_KEY,
+    error_text,
+    fedgin_version,
+    to_record,
+    to_weights,
+)
 from fedgin.fl.rundir import RunDir  # noqa: E402
+from fedgin.train.data import phantom_dir  # noqa: E402
+from fedgin.train.model import domain_index, make_model  # noqa: E402
 
 SITES = "data.sites=[{name: ct-a, modality: ct, cases: 3, seed: 1}, {name: mri-a, modality: mri-t1, cases: 2, seed: 2}]"
 
@@ -39,10 +59,11 @@ def weights(seed, n=3):
     return {"w": g.normal(size=(n, n)).astype(np.float32), "steps": np.array(seed, dtype=np.int64)}
 
 
-def reply(node, w=None, n=4, error=None, loss=1.0):
+def reply(node, w=None, n=4, error=None, loss=1.0, **metrics):
     content = None
     if error is None:
-        content = RecordDict({"arrays": to_record(w), "metrics": MetricRecord({"num-examples": n, "loss": loss}),
+        content = RecordDict({"arrays": to_record(w),
+                              "metrics": MetricRecord({"num-examples": n, "loss": loss, **metrics}),
                               "fedgin": ConfigRecord({"local-keys": ""})})
     return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), content=content,
                            has_error=lambda: error is not None, error=SimpleNamespace(reason=error))
@@ -94,6 +115,28 @@ def test_min_fit_clients_lets_the_round_finish_without_a_failed_site(tmp_path):
     assert np.array_equal(to_weights(arrays)["w"], weights(1)["w"])
     assert run.dropped == {"mri-a": "RuntimeError: disk full"}
     assert run.start_round(2, arrays) == [11]  # the failed site gets no more work
+
+
+def test_dsbn_averages_each_modality_s_normalization_among_its_sites(tmp_path):
+    cfg = cfg_with("fed.norm=dsbn", "data.test=[{modality: ct, cases: 1}, {modality: mri-t1, cases: 1}]")
+    torch.manual_seed(0)
+    base = get_weights(make_model(cfg))
+    sites = [server_app.SiteNode("ct-a", "ct", 0, 11), server_app.SiteNode("mri-a", "mri-t1", 1, 22)]
+    run = server_app.ServerRun(cfg, RunDir(tmp_path / "run"), sites, base)
+    run.start_round(1, to_record(base))
+    g = np.random.default_rng(1)
+    trained = [{k: (v + g.normal(size=v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v + 5
+                for k, v in base.items()} for _ in range(2)]
+    ct, mri = domain_index("ct"), domain_index("mri-t1")
+    arrays, _ = run.aggregate([reply(22, trained[1], n=8, domain=mri), reply(11, trained[0], n=4, domain=ct)])
+    got = to_weights(arrays)
+    assert got.keys() == base.keys()
+    for key, domain in run.domain_keys.items():  # each modality's entries come from its own site only
+        assert np.array_equal(got[key], trained[[ct, mri].index(domain)][key]) if domain in (ct, mri) else \
+            np.array_equal(got[key], base[key]), key
+    shared = next(k for k in base if k not in run.domain_keys and base[k].dtype.kind == "f")
+    np.testing.assert_allclose(got[shared], (4 * trained[0][shared] + 8 * trained[1][shared]) / 12, rtol=1e-5)
+    assert run.row["train/mri-a/domain"] == mri
 
 
 @pytest.fixture
@@ -215,3 +258,80 @@ def test_the_app_project_carries_the_config(tmp_path):
 def test_flower_config_errors(over, match):
     with pytest.raises(ValueError, match=match):
         cfg_with(*over)
+
+
+def test_an_unreachable_superlink_is_named_with_its_problem(tmp_path):
+    port = free_port()
+    with pytest.raises(ConnectionError, match=f"SuperLink 127.0.0.1:{port} is unreachable: nothing listens on port"):
+        check_superlink(f"127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="expected host:port"):
+        check_superlink("superlink.example.org")
+    certs = write_server_certificates(tmp_path, ["127.0.0.1"])
+    with socket.create_server(("127.0.0.1", 0)) as plain:  # a port that speaks no TLS
+        address = f"127.0.0.1:{plain.getsockname()[1]}"
+        assert "port open" in check_superlink(address)
+        closer = threading.Thread(target=lambda: [plain.accept()[0].close() for _ in range(2)])  # both checks
+        closer.start()
+        with pytest.raises(ConnectionError, match="TLS handshake failed.*--insecure"):
+            check_superlink(address, certs.ca, timeout=5)
+        closer.join()
+
+
+@pytest.fixture(scope="module")
+def phantom_site(tmp_path_factory):
+    """A tiny phantom CT site as a SuperNode's data directory."""
+    cache = tmp_path_factory.mktemp("phantom")
+    cfg = cfg_with(f"data.cache_dir={cache}", "data.size=16", "data.depth=4")
+    return cache, str(phantom_dir(cfg.data, "ct", 3, 1))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_through_the_client_app(method, phantom_site, tmp_path, in_a_run):
+    """Each comparison method, selected in the run's config, through the ClientApp's train handler (the site's
+    state-dir written) and the ServerApp's aggregation."""
+    cache, data_dir = phantom_site
+    cfg = method_config(cfg_with(f"data.cache_dir={cache}", "data.size=16", "data.depth=4", "train.local_steps=1",
+                                 "train.batch_size=4", "data.test=[{modality: ct, cases: 1}]"), method, "federated")
+    torch.manual_seed(0)
+    start = get_weights(make_model(cfg))
+    ctx = context(cfg, site="ct-a", modality="ct", **{"data-dir": data_dir, "state-dir": str(tmp_path)})
+    config = ConfigRecord({"server-round": 1, RUN_KEY: "run0"})
+    msg = Message(RecordDict({"arrays": to_record(start), "config": config}), dst_node_id=1,
+                  message_type=MessageType.TRAIN)
+    out = client_app.train(msg, ctx)
+    trained, metrics = to_weights(out.content["arrays"]), out.content["metrics"]
+    assert list(trained) == list(start)
+    assert metrics["num-examples"] > 0 and math.isfinite(metrics["loss"])
+    assert (metrics["gin_share"] > 0) == (method not in ("none", "dsbn"))
+    assert ("domain" in metrics) == (method == "dsbn")
+    assert (tmp_path / "run0" / "round_0001.pt").is_file()
+    run = server_app.ServerRun(cfg, RunDir(tmp_path / "run"), [server_app.SiteNode("ct-a", "ct", 0, 11)], start)
+    run.start_round(1, to_record(start))
+    arrays, _ = run.aggregate([SimpleNamespace(metadata=SimpleNamespace(src_node_id=11), content=out.content,
+                                               has_error=lambda: False)])
+    for key, value in to_weights(arrays).items():  # one site: the global model is its model
+        np.testing.assert_array_equal(value, trained[key], err_msg=key)
+
+
+def test_a_site_prepares_its_cases_once_per_data_set_and_settings(phantom_site, tmp_path, monkeypatch):
+    cache, source = phantom_site
+    data_dir = shutil.copytree(source, tmp_path / "data")
+    state = tmp_path / "state"
+    loads = []
+    real = client_app.load_source
+    monkeypatch.setattr(client_app, "load_source", lambda *a, **k: loads.append(a[1].size) or real(*a, **k))
+
+    def cases(*over):
+        cfg = cfg_with(f"data.cache_dir={cache}", "data.depth=4", *over)
+        ctx = context(cfg, site="ct-a", **{"data-dir": str(data_dir), "state-dir": str(state)})
+        return client_app.site_cases(ctx, cfg, client_app.node_site(ctx)[2])
+
+    first, again = cases("data.size=16"), cases("data.size=16")
+    assert loads == [16] and len(list(state.glob("prepared-*.pt"))) == 1
+    for a, b in zip(first, again, strict=True):
+        assert a.name == b.name and torch.equal(a.image, b.image) and torch.equal(a.label, b.label)
+    assert first[0].image.shape[1] == 16 and cases("data.size=32")[0].image.shape[1] == 32  # settings changed
+    image = Path(read_dataset(data_dir)[0]["image"])
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the data set changed
+    cases("data.size=32")
+    assert loads == [16, 32, 32] and len(list(state.glob("prepared-*.pt"))) == 1  # older versions removed

@@ -46,13 +46,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = args.out or f"runs/{cfg.name}"
     if cfg.engine == "flower":
-        if args.resume:
-            raise ValueError("--resume works with the built-in engine only")
         try:
             from fedgin.fl.flower.launcher import run_local
         except ImportError as err:
             raise ValueError(f"engine flower needs Flower: pip install 'fedgin[fl]' ({err})") from None
-        run_local(cfg, out, progress=not args.quiet)
+        run_local(cfg, out, resume=args.resume, progress=not args.quiet)
         run_dir = Path(out)
     else:
         run_dir = engine.run(cfg, out, resume=args.resume, progress=not args.quiet).run_dir

@@ -71,18 +71,10 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
     """Train per ``cfg`` into the run directory ``out``; ``resume`` continues an interrupted run exactly."""
     rd = RunDir(out)
     text = dump(cfg)
-    state = None
-    if resume:
-        if not rd.config.is_file():
-            raise FileNotFoundError(f"{rd.config} does not exist: nothing to resume in {rd.path}")
-        if rd.config.read_text() != text:
-            raise ValueError(f"the config differs from the one of the run in {rd.config}; resume with the same one")
-        if rd.finished:
-            return _finished(rd)
-        if rd.state.is_file():
-            state = rd.load_state()
-    elif rd.config.exists():
-        raise ValueError(f"{rd.path} already holds a run; pass --resume to continue it or choose another --out")
+    rd.check_start(text, resume)
+    if resume and rd.finished:
+        return _finished(rd)
+    state = rd.load_state() if resume and rd.state.is_file() else None
 
     device = resolve_device(cfg.device)
     fed = build_federation(cfg, device, progress)

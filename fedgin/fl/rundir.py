@@ -53,6 +53,18 @@ class RunDir:
     def finished(self) -> bool:
         return self.test.is_file()
 
+    def check_start(self, config_text: str, resume: bool) -> None:
+        """A new run needs a folder without a run; a resumed one the config of the run it continues."""
+        if not resume:
+            if self.config.exists():
+                raise ValueError(f"{self.path} already holds a run; pass --resume to continue it or choose another "
+                                 "--out")
+            return
+        if not self.config.is_file():
+            raise FileNotFoundError(f"{self.config} does not exist: nothing to resume in {self.path}")
+        if self.config.read_text() != config_text:
+            raise ValueError(f"the config differs from the one of the run in {self.config}; resume with the same one")
+
     def save_state(self, state: dict) -> None:
         buf = io.BytesIO()
         torch.save(state, buf)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedgin.config import RunConfig
+from fedgin.config import RunConfig, dump
 from fedgin.fl.flower.certs import NodeKeys, ServerCertificates, write_node_keys, write_server_certificates
 from fedgin.fl.flower.project import write_project
 from fedgin.fl.rundir import RunDir
@@ -247,29 +247,35 @@ class LocalFederation:
             proc.wait()
 
 
-def site_data_dirs(cfg: RunConfig) -> dict[str, str]:
-    """Each site's data directory; the phantom's are generated (once, into the cache) as a hospital's would be."""
-    return {s.name: s.data_dir or str(phantom_dir(cfg.data, s.modality, s.cases, s.seed)) for s in cfg.data.sites}
+def site_node_configs(cfg: RunConfig, out: str | Path) -> dict[str, dict[str, str]]:
+    """Each site's node config on this machine: its data directory (the phantom's are generated once, into the
+    cache, as a hospital's would be), modality, and state directory (under ``out/flower/sites/``)."""
+    return {s.name: {"data-dir": s.data_dir or str(phantom_dir(cfg.data, s.modality, s.cases, s.seed)),
+                     "modality": s.modality, "state-dir": str(Path(out).absolute() / "flower" / "sites" / s.name)}
+            for s in cfg.data.sites}
 
 
-def run_local(cfg: RunConfig, out: str | Path, *, timeout: float = 24 * 3600.0, progress: bool = True) -> RunStatus:
-    """Run ``cfg`` through a local SuperLink and one SuperNode per site into the run directory ``out``.
+def run_local(cfg: RunConfig, out: str | Path, *, resume: bool = False, timeout: float = 24 * 3600.0,
+              progress: bool = True) -> RunStatus | None:
+    """Run ``cfg`` through a local SuperLink and one SuperNode per site into the run directory ``out``;
+    ``resume`` continues the interrupted run there (None when it had finished).
 
     TLS and SuperNode authentication are on unless ``flower.insecure``. Flower's logs go to ``out/flower/``.
     Raises a ``RuntimeError`` with the ServerApp's message when the run fails.
     """
     rd = RunDir(out)
-    if rd.config.exists():
-        raise ValueError(f"{rd.path} already holds a run; choose another --out (--resume is builtin-only)")
-    data = site_data_dirs(cfg)
+    rd.check_start(dump(cfg), resume)
+    if resume and rd.finished:
+        return None
+    nodes = site_node_configs(cfg, rd.path)
     with tempfile.TemporaryDirectory(prefix="fedgin-flower-") as tmp:
         with LocalFederation(tmp, secure=not cfg.flower.insecure) as fed:
             try:
                 fed.start_superlink()
-                for site in cfg.data.sites:
-                    fed.start_supernode(site.name, {"data-dir": data[site.name], "modality": site.modality})
+                for site, config in nodes.items():
+                    fed.start_supernode(site, config)
                 app_dir = Path(tmp) / "app"
-                write_project(app_dir, cfg, rd.path)
+                write_project(app_dir, cfg, rd.path, resume)
                 run_id = fed.submit(app_dir)
                 if progress:
                     print(f"Flower run {run_id}: SuperLink {fed.address}, {len(cfg.data.sites)} SuperNodes; "

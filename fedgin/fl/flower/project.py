@@ -11,12 +11,13 @@ from pathlib import Path
 import tomli_w
 
 from fedgin.config import RunConfig, dump
-from fedgin.fl.flower.records import CONFIG_KEY, OUT_KEY, fedgin_version
+from fedgin.fl.flower.records import CONFIG_KEY, OUT_KEY, RESUME_KEY, fedgin_version
 from fedgin.fl.rundir import atomic_write
 
 
-def write_project(app_dir: str | Path, cfg: RunConfig, out: str | Path) -> Path:
-    """Write ``app_dir/pyproject.toml`` for a run of ``cfg`` into the run directory ``out``; returns its path."""
+def write_project(app_dir: str | Path, cfg: RunConfig, out: str | Path, resume: bool = False) -> Path:
+    """Write ``app_dir/pyproject.toml`` for a run of ``cfg`` into the run directory ``out`` (``resume``: continue
+    the interrupted run there); returns its path."""
     doc = {
         "project": {"name": "fedgin-flower", "version": fedgin_version(),
                     "description": f"fedgin run {cfg.name} on Flower"},
@@ -24,7 +25,7 @@ def write_project(app_dir: str | Path, cfg: RunConfig, out: str | Path) -> Path:
             "publisher": "fedgin",
             "components": {"serverapp": "fedgin.fl.flower.server_app:app",
                            "clientapp": "fedgin.fl.flower.client_app:app"},
-            "config": {CONFIG_KEY: dump(cfg), OUT_KEY: str(Path(out).absolute())},
+            "config": {CONFIG_KEY: dump(cfg), OUT_KEY: str(Path(out).absolute()), RESUME_KEY: resume},
         }}},
     }
     path = Path(app_dir) / "pyproject.toml"

@@ -2,22 +2,31 @@
 Flower run config, versions, and Flower's error reasons made readable."""
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import re
+from pathlib import Path
 
 import numpy as np
 import yaml
 from flwr.app import Array, ArrayRecord, Context
 
-from fedgin.config import RunConfig, build
+from fedgin.config import RunConfig, build, dump
 from fedgin.fl.aggregate import Weights
 
 CONFIG_KEY = "fedgin-config"  # run config: the fedgin config as YAML text
 OUT_KEY = "fedgin-out"  # run config: the run directory, on the SuperLink's machine
+RESUME_KEY = "fedgin-resume"  # run config: continue the interrupted run in the run directory
+RUN_KEY = "fedgin-run"  # message config: the run's token (names a site's saved state of the run)
 
 
 def fedgin_version() -> str:
     return importlib.metadata.version("fedgin")
+
+
+def run_token(out: str | Path, cfg: RunConfig) -> str:
+    """A run's name for the sites: the same for a run and its resumption, different for another run."""
+    return hashlib.sha256(f"{Path(out).absolute()}\n{dump(cfg)}".encode()).hexdigest()[:16]
 
 
 def to_record(weights: Weights) -> ArrayRecord:

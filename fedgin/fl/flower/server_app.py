@@ -20,14 +20,26 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedProx, Strategy
 
+from fedgin.augment import dsbn_state_keys
 from fedgin.config import RunConfig, dump
-from fedgin.fl.aggregate import Weights, fedavg
+from fedgin.fl.aggregate import Weights, fedavg, fedavg_dsbn
 from fedgin.fl.client import EvalResult, get_weights
 from fedgin.fl.engine import Federation, evaluate_tests, resolve_device, sample_clients, validate_sites
-from fedgin.fl.flower.records import OUT_KEY, error_text, fedgin_version, run_config, to_record, to_weights
+from fedgin.fl.flower.records import (
+    OUT_KEY,
+    RESUME_KEY,
+    RUN_KEY,
+    error_text,
+    fedgin_version,
+    run_config,
+    run_token,
+    to_record,
+    to_weights,
+)
+from fedgin.fl.flower.secagg import secure_round
 from fedgin.fl.plots import write_plots
 from fedgin.fl.report import run_table
-from fedgin.fl.rundir import RunDir, atomic_write, to_tensors
+from fedgin.fl.rundir import RunDir, atomic_write, to_arrays, to_tensors
 from fedgin.train.data import load_source
 from fedgin.train.model import make_model
 
@@ -48,6 +60,7 @@ class SiteNode:
     modality: str
     index: int  # in data.sites: the order of aggregation and sampling
     node_id: int
+    train_examples: int = 0  # its training examples, from the handshake under flower.secagg
     local_state: Weights = field(default_factory=dict)  # FedBN: its normalization layers after its last fit
     result: EvalResult | None = None  # its last validation
 
@@ -60,6 +73,8 @@ class ServerRun:
 
     def __init__(self, cfg: RunConfig, rd: RunDir, sites: list[SiteNode], weights: Weights) -> None:
         self.cfg, self.rd, self.sites, self.weights = cfg, rd, sites, weights
+        self.token = run_token(rd.path, cfg)  # names the sites' saved state of this run
+        self.done = 0  # rounds finished before this Flower run (a resumed run)
         self.sampler = torch.Generator().manual_seed(cfg.seed)  # as the built-in engine's
         self.dropped: dict[str, str] = {}  # site -> why it left the run
         self.history: list[dict] = []
@@ -67,6 +82,26 @@ class ServerRun:
         self.sent: list[SiteNode] = []
         self.row: dict = {}
         self.t0 = time.perf_counter()
+        # DSBN: the domain-specific entries, averaged only among the sites of one modality
+        self.domain_keys = dsbn_state_keys(make_model(cfg)) if cfg.fed.norm == "dsbn" else {}
+
+    def restore(self, state: dict) -> None:
+        """Continue from the state an interrupted run saved after its last finished round."""
+        self.done, self.history = state["round"], state["history"]
+        self.weights, self.best = to_arrays(state["global"]), to_arrays(state["best"])
+        self.best_round, self.best_score = state["best_round"], state["best_score"]
+        self.sampler.set_state(state["sampler"])
+        for site in self.sites:
+            site.local_state = to_arrays(state["local_states"].get(site.name, {}))
+        if state["sites_left"]:
+            log.info("resuming after round %d; sites that had left the run may take part again: %s", self.done,
+                     state["sites_left"])
+
+    def config(self, config: ConfigRecord, server_round: int) -> ConfigRecord:
+        """A message's config: the round of the whole run (Flower counts from 1 in each Flower run) and the run."""
+        config["server-round"] = server_round + self.done
+        config[RUN_KEY] = self.token
+        return config
 
     def active(self) -> list[SiteNode]:
         return [s for s in self.sites if s.name not in self.dropped]
@@ -74,7 +109,7 @@ class ServerRun:
     def start_round(self, server_round: int, arrays: ArrayRecord) -> list[int]:
         """The node ids to train this round (the built-in engine's sampling over the sites still in the run)."""
         self.t0 = time.perf_counter()
-        self.row = {"round": server_round}
+        self.row = {"round": server_round + self.done}
         self.weights = to_weights(arrays)
         self.sent = sample_clients(self.active(), self.cfg.fed.fraction, self.sampler) if self.active() else []
         return [s.node_id for s in self.sent]
@@ -107,14 +142,17 @@ class ServerRun:
                               f"(flower.min_fit_clients); {'; '.join(failed)}. Last checkpoint: {self.rd.state} "
                               f"({kept})")
         local_keys = {k for _, c in ok for k in str(c["fedgin"]["local-keys"]).split()}
-        results, train = [], {}
+        results, domains, train = [], [], {}
         for site, content in ok:
             weights = to_weights(content["arrays"])
             metrics = content["metrics"]
             results.append((weights, metrics["num-examples"] if self.cfg.fed.weighting == "samples" else 1))
+            domains.append(metrics.get("domain"))
             site.local_state = {k: weights[k] for k in local_keys}
             train.update({f"train/{site.name}/{k}": float(v) for k, v in metrics.items() if k != "num-examples"})
         self.row.update(train)
+        if self.domain_keys:
+            return to_record(fedavg_dsbn(results, self.weights, domains, self.domain_keys)), MetricRecord(train)
         return to_record(fedavg(results, self.weights, local_keys)), MetricRecord(train)
 
     def evaluation_nodes(self) -> list[int]:
@@ -140,7 +178,7 @@ class ServerRun:
         if server_round == 0:
             return None
         weights = self.weights = to_weights(arrays)
-        r = server_round - 1
+        r = server_round + self.done - 1
         score = self.row.get("val/score", float(r))
         if score > self.best_score:
             self.best, self.best_round, self.best_score = weights, r, score
@@ -149,10 +187,11 @@ class ServerRun:
         if self.cfg.eval.keep_round_checkpoints:
             self.rd.save_round(r, weights)
         self.rd.write_history(self.history)
-        self.rd.save_state({"round": server_round, "global": to_tensors(weights), "best": to_tensors(self.best),
+        self.rd.save_state({"round": r + 1, "global": to_tensors(weights), "best": to_tensors(self.best),
                             "best_round": self.best_round, "best_score": self.best_score, "history": self.history,
-                            "sites_left": dict(self.dropped)})
-        log.info("round %d/%d: val score %.3f (best round %d)", server_round, self.cfg.fed.rounds,
+                            "sampler": self.sampler.get_state(), "sites_left": dict(self.dropped),
+                            "local_states": {s.name: to_tensors(s.local_state) for s in self.sites}})
+        log.info("round %d/%d: val score %.3f (best round %d)", r + 1, self.cfg.fed.rounds,
                  score if "val/score" in self.row else math.nan, self.best_round + 1)
         return MetricRecord({"best_round": self.best_round + 1})
 
@@ -172,20 +211,24 @@ class FedGIN(FedAvg):
     """Flower's FedAvg driven by a :class:`ServerRun` (set as ``.run``): fedgin's sampling and aggregation."""
 
     run: ServerRun
+    secure_replies: list[Message]  # flower.secagg: the round's replies, from configure_train
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         nodes = self.run.start_round(server_round, arrays)
-        config["server-round"] = server_round
+        config = self.run.config(config, server_round)
+        if self.run.cfg.flower.secagg.enabled:  # the round's training runs here; aggregate_train gets its replies
+            self.secure_replies = secure_round(grid, self.run.cfg, self.run.sent, self.run.weights, config)
+            return []
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        return self.run.aggregate(replies)
+        return self.run.aggregate(self.secure_replies if self.run.cfg.flower.secagg.enabled else replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        config["server-round"] = server_round
+        config = self.run.config(config, server_round)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, self.run.evaluation_nodes(), MessageType.EVALUATE)
 
@@ -247,7 +290,7 @@ def join(grid: Grid, cfg: RunConfig) -> list[SiteNode]:
         elif name in sites:
             problems.append(f"SuperNodes {sites[name].node_id} and {node} both serve site {name}")
         else:
-            sites[name] = SiteNode(name, str(info["modality"]), index[name], node)
+            sites[name] = SiteNode(name, str(info["modality"]), index[name], node, int(info.get("train-examples", 0)))
     if problems:
         raise ValueError("the sites cannot start: " + "; ".join(problems))
     if len(sites) < need:
@@ -258,26 +301,31 @@ def join(grid: Grid, cfg: RunConfig) -> list[SiteNode]:
     return sorted(sites.values(), key=lambda s: s.index)
 
 
-def run_on_grid(grid: Grid, cfg: RunConfig, out: str | Path) -> dict:
-    """The whole run on a Flower grid into the run directory ``out``; returns the test metrics."""
-    rd = RunDir(out)
-    if rd.config.exists():
-        raise ValueError(f"{rd.path} already holds a run; choose another run directory")
-    if cfg.fed.norm == "dsbn":
-        raise ValueError("fed.norm: dsbn is not supported on engine: flower yet; use engine: builtin")
+def run_on_grid(grid: Grid, cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
+    """The whole run on a Flower grid into the run directory ``out``; returns the test metrics. ``resume``
+    continues an interrupted run from its last finished round (the sites' RNG and local state come from their
+    ``state-dir``, so the result is the uninterrupted run's)."""
+    rd, text = RunDir(out), dump(cfg)
+    rd.check_start(text, resume)
+    if resume and rd.finished:
+        return json.loads(rd.test.read_text())["test"]
     device = resolve_device(cfg.device)
     tests = {t.name or t.modality: (t.modality, load_source(t, cfg.data)) for t in cfg.data.test}
     sites = join(grid, cfg)
-    atomic_write(rd.config, dump(cfg))  # once the sites joined: a run that cannot start leaves nothing behind
+    atomic_write(rd.config, text)  # once the sites joined: a run that cannot start leaves nothing behind
     torch.manual_seed(cfg.seed)
     weights = get_weights(make_model(cfg))
     run = ServerRun(cfg, rd, sites, weights)
-    make_strategy(cfg, run).start(grid, to_record(weights), cfg.fed.rounds, timeout=cfg.flower.round_timeout,
-                                  evaluate_config=ConfigRecord({"hd95": cfg.eval.hd95_every_round}),
-                                  evaluate_fn=run.end_round)
+    if resume and rd.state.is_file():
+        run.restore(rd.load_state())
+    if run.done < cfg.fed.rounds:
+        make_strategy(cfg, run).start(grid, to_record(run.weights), cfg.fed.rounds - run.done,
+                                      timeout=cfg.flower.round_timeout,
+                                      evaluate_config=ConfigRecord({"hd95": cfg.eval.hd95_every_round}),
+                                      evaluate_fn=run.end_round)
     return run.finish(tests, device)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_on_grid(grid, run_config(context), str(context.run_config[OUT_KEY]))
+    run_on_grid(grid, run_config(context), str(context.run_config[OUT_KEY]), bool(context.run_config.get(RESUME_KEY)))
