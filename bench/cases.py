@@ -158,6 +158,7 @@ def _paper() -> Preset:
         Case(64, 3, (256, 256), "fp16"), Case(64, 3, (256, 256), kernel_sizes=K3X8),
         Case(8, 1, (256, 256), heavy=("authors",)), Case(8, 1, (512, 512)), Case(8, 1, (512, 512), kernel_sizes=K1313),
         Case(2, 1, (128,) * 3), Case(4, 1, (96,) * 3), Case(2, 3, (128,) * 3, "bf16"),
+        Case(2, 3, (128,) * 3, "fp16"),  # the two-pass fp16 path (v1.1's norms-only barrier, bench/NOTES.md)
         Case(2, 3, (128,) * 3, kernel_sizes=K1313),
         Case(20, 3, (192, 192)), Case(20, 3, (256, 256)), Case(32, 3, (256, 256)), Case(64, 3, (192, 192)),
         Case(32, 1, (192, 192)), Case(32, 3, (192, 192), "bf16"),
