@@ -16,8 +16,7 @@ from fedgin.commands import train  # noqa: E402
 from fedgin.config import load_config  # noqa: E402
 from fedgin.fl.engine import run as run_builtin  # noqa: E402
 from fedgin.fl.flower.certs import write_server_certificates  # noqa: E402
-from fedgin.fl.flower.launcher import LocalFederation, run_local, site_node_configs  # noqa: E402
-from fedgin.fl.flower.project import write_project  # noqa: E402
+from fedgin.fl.flower.launcher import LocalFederation, run_local  # noqa: E402
 from fedgin.fl.flower.reach import check_superlink  # noqa: E402
 
 pytestmark = pytest.mark.flower
@@ -115,11 +114,7 @@ def test_an_interrupted_dsbn_run_resumes_to_the_builtin_result(cache, tmp_path):
     cfg = load_config(overrides=[*over, "engine=flower", "flower.insecure=true"])
     out = tmp_path / "run"
     with LocalFederation(tmp_path / "fed", secure=False) as fed:
-        fed.start_superlink()
-        for site, node in site_node_configs(cfg, out).items():
-            fed.start_supernode(site, node)
-        write_project(tmp_path / "app", cfg, out)
-        fed.submit(tmp_path / "app")
+        fed.start_run(cfg, out)
         deadline = time.monotonic() + 120
         while not (out / "state.pt").is_file():
             assert time.monotonic() < deadline, fed.log_tail("superlink")
@@ -144,11 +139,7 @@ def test_a_killed_supernode_leaves_the_round_to_the_remaining_site(cache, tmp_pa
                                  "{name: mri-a, modality: mri-t1, cases: 2, val_cases: 0, seed: 2}]"])
     out = tmp_path / "run"
     with LocalFederation(tmp_path / "fed", secure=False) as fed:
-        fed.start_superlink()
-        for site, node in site_node_configs(cfg, out).items():
-            fed.start_supernode(site, node)
-        write_project(tmp_path / "app", cfg, out)
-        run_id = fed.submit(tmp_path / "app")
+        run_id = fed.start_run(cfg, out)
         checkpoint = out / "checkpoints/global_round_0001.pt"
         deadline = time.monotonic() + 120
         while not (checkpoint.is_file() and fed.log_tail("supernode-mri-a", 10**6).count("Receiving: train") == 2):

@@ -71,8 +71,7 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
     """Train per ``cfg`` into the run directory ``out``; ``resume`` continues an interrupted run exactly."""
     rd = RunDir(out)
     text = dump(cfg)
-    rd.check_start(text, resume)
-    if resume and rd.finished:
+    if rd.check_start(text, resume):
         return _finished(rd)
     state = rd.load_state() if resume and rd.state.is_file() else None
 

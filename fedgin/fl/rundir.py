@@ -53,17 +53,19 @@ class RunDir:
     def finished(self) -> bool:
         return self.test.is_file()
 
-    def check_start(self, config_text: str, resume: bool) -> None:
-        """A new run needs a folder without a run; a resumed one the config of the run it continues."""
+    def check_start(self, config_text: str, resume: bool) -> bool:
+        """A new run needs a folder without a run; a resumed one the config of the run it continues. True when the
+        run to resume has finished already (nothing to do)."""
         if not resume:
             if self.config.exists():
                 raise ValueError(f"{self.path} already holds a run; pass --resume to continue it or choose another "
                                  "--out")
-            return
+            return False
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.config} does not exist: nothing to resume in {self.path}")
         if self.config.read_text() != config_text:
             raise ValueError(f"the config differs from the one of the run in {self.config}; resume with the same one")
+        return self.finished
 
     def save_state(self, state: dict) -> None:
         buf = io.BytesIO()

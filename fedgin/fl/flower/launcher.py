@@ -214,6 +214,16 @@ class LocalFederation:
                 raise TimeoutError(f"run {run_id} did not finish within {timeout:g} s (status {status.status})")
             time.sleep(poll)
 
+    def start_run(self, cfg: RunConfig, out: str | Path, resume: bool = False) -> int:
+        """The SuperLink, one SuperNode per site of ``cfg`` (:func:`site_node_configs`) and ``flwr run`` of its app
+        project into the run directory ``out``; returns the run id."""
+        self.start_superlink()
+        for site, config in site_node_configs(cfg, out).items():
+            self.start_supernode(site, config)
+        app_dir = self.workdir / "app"
+        write_project(app_dir, cfg, out, resume)
+        return self.submit(app_dir)
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal a process, its group and everything it started (a site's machine going down)."""
         proc = self.procs[name]
@@ -264,19 +274,12 @@ def run_local(cfg: RunConfig, out: str | Path, *, resume: bool = False, timeout:
     Raises a ``RuntimeError`` with the ServerApp's message when the run fails.
     """
     rd = RunDir(out)
-    rd.check_start(dump(cfg), resume)
-    if resume and rd.finished:
+    if rd.check_start(dump(cfg), resume):
         return None
-    nodes = site_node_configs(cfg, rd.path)
     with tempfile.TemporaryDirectory(prefix="fedgin-flower-") as tmp:
         with LocalFederation(tmp, secure=not cfg.flower.insecure) as fed:
             try:
-                fed.start_superlink()
-                for site, config in nodes.items():
-                    fed.start_supernode(site, config)
-                app_dir = Path(tmp) / "app"
-                write_project(app_dir, cfg, rd.path, resume)
-                run_id = fed.submit(app_dir)
+                run_id = fed.start_run(cfg, rd.path, resume)
                 if progress:
                     print(f"Flower run {run_id}: SuperLink {fed.address}, {len(cfg.data.sites)} SuperNodes; "
                           f"logs in {rd.path / 'flower'}", flush=True)

@@ -306,8 +306,7 @@ def run_on_grid(grid: Grid, cfg: RunConfig, out: str | Path, resume: bool = Fals
     continues an interrupted run from its last finished round (the sites' RNG and local state come from their
     ``state-dir``, so the result is the uninterrupted run's)."""
     rd, text = RunDir(out), dump(cfg)
-    rd.check_start(text, resume)
-    if resume and rd.finished:
+    if rd.check_start(text, resume):
         return json.loads(rd.test.read_text())["test"]
     device = resolve_device(cfg.device)
     tests = {t.name or t.modality: (t.modality, load_source(t, cfg.data)) for t in cfg.data.test}
