@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One GPU command: the GPU correctness tests (pytest -m gpu) and the `paper` benchmark preset, in under
-# 5 minutes on an H100. Everything it writes goes to $OUT (default bench/results/), six files, no folders:
+# One GPU command: the GPU correctness tests (pytest -m gpu), the `paper` benchmark preset and the plan sweep,
+# in about 7 minutes on an H100. Everything it writes goes to $OUT (default bench/results/), no folders:
 #   env.txt        nvidia-smi, versions, git commit, how fedgin was made importable
 #   gpu-tests.log  python -m pytest -q -m gpu <test files that use the gpu marker>
 #   bench.log      the suite's progress and output
 #   <date>-<device>-paper.json / .md / .png   the suite's report
+#   sweep.log, <date>-<device>-sweep.json / .md   the kernel's tile plans side by side (python -m bench.sweep)
 #
 # It installs nothing from a registry (the GPU machine has its own torch/triton and no network):
 # - fedgin.kernels / fedgin.bench (kernels/ and bench/ mapped in by setup.py's package_dir) must import from
@@ -13,16 +14,18 @@
 # - MONAI (the training-step rows) is not on that image: wheels in $FEDGIN_WHEELS (default .wheels/, e.g.
 #   `pip download monai nibabel --no-deps -d .wheels`, carried with the run) are unzipped into a temp dir on
 #   PYTHONPATH when the import fails. Without them the training-step rows are reported as skipped.
-# Knobs: GPU_SH_BUDGET_S (whole script, default 280 s), GPU_SH_TESTS_S (tests, default 100 s), GPU_SH_PRESET
-# (default paper; quick makes a CPU dry run of this script).
+# Knobs: GPU_SH_BUDGET_S (whole script, default 400 s), GPU_SH_TESTS_S (tests, default 90 s), GPU_SH_SWEEP_S
+# (kept for the sweep at the end, default 120 s), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this
+# script, where the sweep checks its stand-in plans through Triton's interpreter).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-TOTAL_S=${GPU_SH_BUDGET_S:-280}
-TESTS_S=${GPU_SH_TESTS_S:-100}
+TOTAL_S=${GPU_SH_BUDGET_S:-400}
+TESTS_S=${GPU_SH_TESTS_S:-90}
+SWEEP_S=${GPU_SH_SWEEP_S:-120}
 PRESET=${GPU_SH_PRESET:-paper}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -107,11 +110,17 @@ else
 fi
 ((TESTS_RC == 124)) && echo "gpu.sh: the GPU tests ran past ${TESTS_S} s and were stopped" >>"$OUT/gpu-tests.log"
 
-LEFT=$((TOTAL_S - SECONDS))
+LEFT=$((TOTAL_S - SWEEP_S - SECONDS))
 # the suite stops starting new work at --budget-s; one item (a torch.compile) can take ~60 s more
 timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench --preset "$PRESET" --out "$OUT" --budget-s "$((LEFT > 90 ? LEFT - 75 : 15))" \
   >"$OUT/bench.log" 2>&1
 BENCH_RC=$?
+
+LEFT=$((TOTAL_S - SECONDS))
+# the sweep starts no new case after --budget-s; a case (its compiles and timings) takes up to ~40 s
+timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench.sweep --out "$OUT" --budget-s "$((LEFT > 60 ? LEFT - 40 : 10))" \
+  >"$OUT/sweep.log" 2>&1
+SWEEP_RC=$?
 
 MD=$(ls -t "$OUT"/*-"$PRESET".md 2>/dev/null | head -n 1)
 [[ -n "$MD" ]] && cat "$MD"
@@ -119,5 +128,8 @@ echo
 echo "== GPU tests (rc $TESTS_RC): $(tail -n 1 "$OUT/gpu-tests.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -n 20
 echo "== bench (rc $BENCH_RC): $(grep -E '^wrote ' "$OUT/bench.log" || tail -n 3 "$OUT/bench.log")"
+SWEEP_MD=$(ls -t "$OUT"/*-sweep.md 2>/dev/null | head -n 1)
+[[ -n "$SWEEP_MD" ]] && cat "$SWEEP_MD"
+echo "== sweep (rc $SWEEP_RC): $(tail -n 1 "$OUT/sweep.log")"
 echo "== gpu.sh: ${SECONDS} s, files in $OUT"
-((TESTS_RC == 0 && BENCH_RC == 0))
+((TESTS_RC == 0 && BENCH_RC == 0 && SWEEP_RC == 0))

@@ -19,7 +19,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import gin
-from .launch import PBLOCK, SCALE_BLOCK, make_plan, stream_args
+from .launch import PBLOCK, SCALE_BLOCK, Plan, make_plan, stream_args
 
 TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
@@ -81,14 +81,15 @@ def _ptxas_report(ptx: str) -> str:
                       if "registers" in line or "spill" in line)
 
 
-def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int) -> str:
-    """Compile one stream-kernel specialization for sm_90; returns the ptxas register/spill report."""
+def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None) -> str:
+    """Compile one stream-kernel specialization for sm_90 (``plan``: default :func:`make_plan`'s); returns
+    the ptxas register/spill report."""
     params = _Shape(tuple(kernel_sizes), channels, interm)
-    plan = make_plan(tuple(shape), params.kernel_sizes)
+    plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm)
     args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 1}
     sig, const = _signature(gin.gin_stream_kernel, args, dtype)
-    compiled = triton.compile(ASTSource(gin.gin_stream_kernel, sig, const), target=TARGET,
-                              options={"num_warps": plan.num_warps})
+    options = {"num_warps": plan.num_warps} | ({"maxnreg": plan.maxnreg} if plan.maxnreg else {})
+    compiled = triton.compile(ASTSource(gin.gin_stream_kernel, sig, const), target=TARGET, options=options)
     return f"{plan} | {_ptxas_report(compiled.asm['ptx'])}"
 
 

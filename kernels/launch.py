@@ -49,6 +49,7 @@ class Plan:
     n_wt: int
     bands: bool
     num_warps: int
+    maxnreg: int | None = None  # ptxas register cap per thread (None: ptxas chooses)
 
     @property
     def n_tiles(self) -> int:
@@ -90,30 +91,51 @@ def _pow2_at_least(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
 
 
-def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...]) -> Plan:
-    """Choose tiles for ``shape`` [B, C, *S]: the in-plane halo of every tile is recomputed, so tiles are
-    as wide as the image needs (2D up to 64 columns, 3D up to 32 x 32); 2D streams row bands of up to
-    32 rows, 3D streams (H, W) tiles along chunks of up to 32 planes; 4 (2D) or 2 (3D) lanes a thread."""
+def live_tiles(channels: int, interm: int, kernel_sizes: tuple[int, ...]) -> int:
+    """Tiles a lane keeps live while a plane crosses the stack: each layer's pending and arriving accumulators
+    (``COUT x K``). The register pressure the plan sizes lanes by (bench/NOTES.md, "Plans and ptxas")."""
+    couts = [interm] * (len(kernel_sizes) - 1) + [channels]
+    return sum(c * k for c, k in zip(couts, kernel_sizes, strict=True))
+
+
+def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
+              tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
+              maxnreg: int | None = None) -> Plan:
+    """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
+    tile is recomputed, so tiles are as wide as the image needs (2D up to 64 columns, 3D up to 32 x 32); 2D
+    streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of up to 32 planes.
+
+    Lanes a thread: as many as the registers hold (:func:`live_tiles`; 2D 4, 2 or 1, 3D 2 or 1). One lane a
+    thread in a heavy stack also sets ``maxnreg`` to the most a CTA of the plan can have: without it, ptxas
+    gave such kernels 32 to 64 registers and spilled tens of KB (ptxas for sm_90a, bench/NOTES.md).
+
+    The keywords override one choice each (powers of two for ``th``, ``tw``, ``lanes_per_thread``) and the
+    grid follows: the plan sweep (``python -m bench.sweep``) measures the alternatives on a GPU.
+    """
     halo = sum(k // 2 for k in kernel_sizes[1:])
-    if len(shape) == 4:
+    live = live_tiles(shape[1], interm, kernel_sizes)
+    bands = len(shape) == 4
+    if bands:
         _, _, h, w = shape
-        tw = _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 64)
-        zc = min(h, 32)
-        th = _pow2_at_least(triton.cdiv(h, zc), 1, 16)
+        tw = tw or _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 64)
+        zc = min(zc or 32, h)
+        th = th or _pow2_at_least(triton.cdiv(h, zc), 1, 16)
         n_zt, n_pt = triton.cdiv(h, th * zc), 1
-        bands = True
+        lanes = 4 if live <= 32 else 2 if live <= 64 else 1
     else:
         _, _, d, h, w = shape
         # 32 x 32 on 16 warps, 2 lanes a thread: 4 lanes a thread spilled (ptxas, sm_90, bench/NOTES.md)
-        tw = _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 32)
-        th = _pow2_at_least(h + 2 * halo, max(8, triton.next_power_of_2(2 * halo + 4)), 32)
-        zc = min(d, 32)
-        n_zt, n_pt = triton.cdiv(d, zc), triton.cdiv(h, th - 2 * halo)
-        bands = False
-    n_wt = triton.cdiv(w, tw - 2 * halo)
-    lanes_per_thread = 4 if bands else 2
+        tw = tw or _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 32)
+        th = th or _pow2_at_least(h + 2 * halo, max(8, triton.next_power_of_2(2 * halo + 4)), 32)
+        zc = min(zc or 32, d)
+        n_zt, n_pt = triton.cdiv(d, zc), triton.cdiv(h, max(th - 2 * halo, 1))
+        lanes = 2 if live <= 32 else 1
+    n_wt = triton.cdiv(w, max(tw - 2 * halo, 1))
+    lanes_per_thread = lanes_per_thread or lanes
     num_warps = max(1, min(16, th * tw // (32 * lanes_per_thread)))
-    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps)
+    if maxnreg is None and lanes_per_thread == 1 and live > 64:
+        maxnreg = min(255, 65536 // (32 * num_warps))
+    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg)
 
 
 @functools.cache
@@ -169,13 +191,15 @@ def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = 
     elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous() or out.device != x.device:
         raise ValueError("out must be a contiguous tensor of the input's shape, dtype and device")
     bsz = x.shape[0]
-    plan = plan or make_plan(tuple(x.shape), tuple(params.kernel_sizes))
+    plan = plan or make_plan(tuple(x.shape), tuple(params.kernel_sizes), params.config.interm_channels)
     halo = sum(k // 2 for k in params.kernel_sizes[1:])
     if plan.tw <= 2 * halo or (not plan.bands and plan.th <= 2 * halo):
         raise ValueError(f"{plan} leaves no tile interior for an in-plane halo of {halo}")
     prm = pack_params(params, x.dim() - 2)
     part = torch.empty((bsz, plan.n_tiles, 2), dtype=torch.float32, device=x.device)
     args = stream_args(x, params, plan)
+    if plan.maxnreg is not None:
+        args["maxnreg"] = plan.maxnreg
     stream = _runner("gin_stream_kernel", x)
     grid = (plan.n_tiles, bsz)
     if x.dtype == torch.float16:

@@ -110,7 +110,7 @@ def test_plan_without_interior_is_refused():
 def test_plans_cover_the_image():
     for shape, ks in [((64, 3, 256, 256), (3, 3, 3, 3)), ((2, 3, 128, 128, 128), (3, 3, 3, 3)),
                       ((1, 1, 7, 300), (5, 5)), ((1, 1, 1, 128, 128), (1, 3))]:
-        plan = make_plan(shape, ks)
+        plan = make_plan(shape, ks, 2)
         halo = sum(k // 2 for k in ks[1:])
         assert plan.n_wt * (plan.tw - 2 * halo) >= shape[-1]
         if plan.bands:

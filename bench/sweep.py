@@ -1,0 +1,227 @@
+"""The plan sweep: the fused kernel's tile plans side by side, to tune :func:`fedgin.kernels.make_plan` on a GPU.
+
+``python -m bench.sweep [--out DIR] [--budget-s S] [--ptxas]``. For each headline case, every candidate plan
+(``make_plan`` keyword overrides; ``{}`` is the default plan) is checked against the float64 reference on the
+same draw, then the whole call (stream pass + scale pass) is timed: median with L2 flushed, and on a GPU also
+replayed from a CUDA graph (no Python launch overhead; GB/s, share of the copy bandwidth measured in the same
+run and speedup over the default plan are from that time). The report is rewritten after every
+row, so a run stopped by its budget keeps what it measured. Without a GPU the sweep runs small stand-in cases
+through Triton's interpreter (a check of the sweep, not a timing); ``--ptxas`` compiles the GPU candidates for
+sm_90 on the CPU instead and reports registers and spills. Exit status 1 when a plan gave a wrong result or
+crashed (a plan the launcher refuses is reported as refused).
+
+Why these candidates (bench/NOTES.md): the default plans leave SMs idle in the last wave (3D: 200 CTAs of 16
+warps at one CTA an SM on 132 SMs) and run few warps an SM (2D: 4 warps at 211 registers); the candidates trade
+halo recompute and warm-up against occupancy and wave fit.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from dataclasses import asdict
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from fedgin import reference_apply
+from fedgin.kernels import gin_fused, make_plan
+
+from . import timing
+from .cases import K3X8, Case, draw_params, image_like
+from .cli import out_dir
+from .environment import environment
+from .suite import TOLERANCE, relative_error, resolve_device
+
+Candidates = tuple[dict, ...]
+
+# (case, candidate overrides); the default plan first. Ordered by importance: the budget cuts the tail.
+GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
+    (Case(64, 3, (256, 256)), (
+        {}, {"lanes_per_thread": 2}, {"zc": 16, "th": 16}, {"zc": 16, "th": 16, "lanes_per_thread": 2},
+        {"zc": 64, "th": 4}, {"tw": 128}, {"tw": 128, "th": 4, "lanes_per_thread": 2}, {"tw": 32}, {"th": 4},
+        {"th": 2, "lanes_per_thread": 1})),
+    (Case(2, 3, (128,) * 3), (
+        {}, {"zc": 26}, {"zc": 16}, {"zc": 64}, {"th": 16}, {"th": 16, "zc": 26}, {"th": 16, "tw": 64},
+        {"th": 16, "tw": 16, "lanes_per_thread": 1})),
+    (Case(64, 3, (256, 256), "bf16"), (
+        {}, {"lanes_per_thread": 2}, {"zc": 16, "th": 16, "lanes_per_thread": 2}, {"th": 2, "lanes_per_thread": 1})),
+    (Case(2, 3, (128,) * 3, "bf16"), ({}, {"zc": 26}, {"th": 16})),
+    (Case(2, 3, (128,) * 3, "fp16"), ({}, {"zc": 26}, {"th": 16})),
+    (Case(16, 4, (128, 128), kernel_sizes=K3X8, interm=8), (
+        {}, {"th": 1, "tw": 32}, {"th": 1, "tw": 64}, {"th": 2, "tw": 32})),
+)
+
+# Stand-ins for a CPU run (Triton's interpreter): odd sizes, a few programs, one plan that cannot run.
+CPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
+    (Case(1, 3, (21, 19), kernel_sizes=(3, 1, 3)), ({}, {"tw": 16, "th": 2, "zc": 8}, {"tw": 2})),
+    (Case(1, 2, (5, 9, 11), "bf16", kernel_sizes=(3, 3)), ({}, {"zc": 2, "th": 8, "tw": 8})),
+)
+
+
+CPU_SETTINGS = timing.TimingSettings(cpu_min_reps=1, cpu_max_reps=1)  # the interpreter: a check, not a timing
+
+
+def _programs(case: Case, plan) -> int:
+    return case.batch * plan.n_tiles
+
+
+def _rotating_call(xs: list[torch.Tensor], params, out: torch.Tensor, plan):
+    calls = itertools.count()
+    return lambda: gin_fused(xs[next(calls) % len(xs)], params, out=out, plan=plan)
+
+
+def sweep_case(case: Case, candidates: Candidates, device: torch.device, settings: timing.TimingSettings,
+               copy_gb_s: float, seed: int = 0) -> list[dict]:
+    """One row per candidate plan of ``case``: checked, then timed (or failed with its error)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    xs = [image_like(case, device, gen) for _ in range(timing.rotation_count(case.min_bytes // 2, device))]
+    params = draw_params(case, device, generator=torch.Generator().manual_seed(seed))
+    ref = reference_apply(xs[0].double(), params)
+    rows: list[dict] = []
+    for overrides in candidates:
+        row = {"case": case.label, "case_id": case.id, "overrides": overrides, "plan": None, "programs": None,
+               "status": None, "reason": None, "rel_error": None, "ms": None, "ms_graph": None}
+        try:
+            plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
+            row.update(plan=asdict(plan), programs=_programs(case, plan))
+            out = torch.full_like(xs[0], float("nan"))
+            try:
+                gin_fused(xs[0], params, out=out, plan=plan)
+            except ValueError as err:  # the launcher refuses the plan (e.g. no tile interior)
+                row.update(status="refused", reason=str(err)[:300])
+                rows.append(row)
+                continue
+            timing.sync(device)
+            row["rel_error"] = relative_error(out, ref)
+            if not row["rel_error"] <= TOLERANCE[case.dtype]:
+                raise RuntimeError(f"relative error {row['rel_error']:.2e} > {TOLERANCE[case.dtype]:.0e}")
+            fn = _rotating_call(xs, params, out, plan)
+            row["ms"] = timing.median_ms(fn, device, settings)
+            if device.type == "cuda":  # no Python launch overhead: what the kernels cost
+                row["ms_graph"] = timing.graph_median_ms(fn, settings)
+            row["status"] = "ok"
+        except Exception as err:  # noqa: BLE001 - a plan that fails is reported, never timed
+            row.update(status="failed", reason=f"{type(err).__name__}: {err}"[:300], ms=None)
+        rows.append(row)
+    key = "ms_graph" if device.type == "cuda" else "ms"
+    base = rows[0][key] if rows and rows[0]["status"] == "ok" else None
+    for r in rows:
+        best = r[key] if r["status"] == "ok" else None
+        r["gb_s"] = case.min_bytes / (best * 1e6) if best else None
+        r["frac_copy"] = r["gb_s"] / copy_gb_s if best else None
+        r["vs_default"] = base / best if base and best else None
+    return rows
+
+
+def _plan_text(plan: dict | None) -> str:
+    if plan is None:
+        return "-"
+    cap = f", maxnreg {plan['maxnreg']}" if plan["maxnreg"] else ""
+    return f"{plan['th']} x {plan['tw']}, {plan['zc']}, {plan['num_warps']}{cap}"
+
+
+def markdown(report: dict) -> str:
+    """The sweep as a markdown table per case, fastest first."""
+    env = report["environment"]
+    lines = [f"# Plan sweep, {report['date']}, {env['device']}",
+             f"torch {env['torch']}, triton {env['triton']}, commit {env['git']['commit']}; copy "
+             f"{report['copy']['gb_s']:.0f} GB/s; {report['timing']}", ""]
+    cases = dict.fromkeys(r["case"] for r in report["rows"])
+    for case in cases:
+        rows = sorted((r for r in report["rows"] if r["case"] == case),
+                      key=lambda r: (r["gb_s"] is None, -(r["gb_s"] or 0.0)))
+        lines += [f"## {case}", "", "| overrides | th x tw, zc, warps | programs | ms | ms (graph) | GB/s | of copy |"
+                  " vs default | rel. error |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            over = json.dumps(r["overrides"]) if r["overrides"] else "default"
+            shape = _plan_text(r["plan"])
+            if r["status"] != "ok":
+                lines.append(f"| {over} | {shape} | {r['programs'] or '-'} | {r['status']}: {r['reason']} | | | | | |")
+                continue
+            graph = f"{r['ms_graph']:.4f}" if r["ms_graph"] else "-"
+            lines.append(f"| {over} | {shape} | {r['programs']} | {r['ms']:.4f} | {graph} | {r['gb_s']:.0f} | "
+                         f"{100 * r['frac_copy']:.0f}% | {r['vs_default']:.2f}x | {r['rel_error']:.1e} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_sweep(sweep: tuple[tuple[Case, Candidates], ...], device: torch.device, out: Path | None = None,
+              budget_s: float | None = None, settings: timing.TimingSettings | None = None) -> dict:
+    """Every case of ``sweep`` on ``device``; writes ``<date>-<device>-sweep.{json,md}`` under ``out`` after
+    each case (when given). Cases left when ``budget_s`` runs out are listed as skipped."""
+    settings = settings or (timing.TimingSettings() if device.type == "cuda" else CPU_SETTINGS)
+    start = time.monotonic()
+    env = environment(device)
+    report = {"schema": 1, "date": date.today().isoformat(), "environment": env,
+              "copy": timing.copy_bandwidth(device, settings), "rows": [], "skipped": [],
+              "tolerance": TOLERANCE,
+              "timing": ("do_bench median, L2 flushed, rotating inputs" if device.type == "cuda"
+                         else "Triton interpreter on the CPU: checks the plans, times nothing useful")}
+    for case, candidates in sweep:
+        if budget_s is not None and time.monotonic() - start > budget_s:
+            report["skipped"].append(case.label)
+            continue
+        report["rows"] += sweep_case(case, candidates, device, settings, report["copy"]["gb_s"])
+        report["elapsed_s"] = time.monotonic() - start
+        if out is not None:
+            write(report, out)
+    return report
+
+
+def write(report: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{report['date']}-{report['environment']['device_slug']}-sweep"
+    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md")}
+    for path, text in ((paths["json"], json.dumps(report, indent=1) + "\n"), (paths["md"], markdown(report))):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return paths
+
+
+def ptxas_table(sweep: tuple[tuple[Case, Candidates], ...]) -> str:
+    """Registers and spills of every candidate's stream kernel, compiled for sm_90 on this machine."""
+    from fedgin.kernels import aot, gin
+
+    lines = ["| case | overrides | warps | programs | ptxas (sm_90a) |", "|---|---|---:|---:|---|"]
+    for case, candidates in sweep:
+        modes = (gin.NORMS_ONLY, gin.STORE_SCALED) if case.dtype == "fp16" else (gin.STORE_UNSCALED,)
+        for overrides in candidates:
+            plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
+            for mode in modes:
+                report = aot.compile_stream(case.shape, case.kernel_sizes, case.torch_dtype, case.channels,
+                                            case.interm, int(mode), plan).split(" | ", 1)[1]
+                over = json.dumps(overrides) if overrides else "default"
+                lines.append(f"| {case.label} (mode {int(mode)}) | {over} | {plan.num_warps} | "
+                             f"{_programs(case, plan)} | {report} |")
+                print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="output folder (default: $OUT when set, else bench/results/)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    parser.add_argument("--budget-s", type=float, help="start no new case after this many seconds")
+    parser.add_argument("--ptxas", action="store_true",
+                        help="compile the GPU candidates for sm_90 here and print registers and spills (no GPU)")
+    args = parser.parse_args(argv)
+    if args.ptxas:
+        ptxas_table(GPU_SWEEP)
+        return 0
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"python -m bench.sweep: error: {err}", file=sys.stderr)
+        return 2
+    report = run_sweep(GPU_SWEEP if device.type == "cuda" else CPU_SWEEP, device, out_dir(args.out), args.budget_s)
+    print(markdown(report))
+    return 1 if any(r["status"] == "failed" for r in report["rows"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""The plan sweep (bench/sweep.py) on a CPU: its candidates are valid plans, it checks before it times, it reports
+refused and wrong plans as such; and make_plan's overrides."""
+import json
+
+import pytest
+import torch
+
+from fedgin.bench import sweep
+from fedgin.bench.cases import Case
+from fedgin.kernels import make_plan
+from fedgin.kernels.launch import live_tiles
+
+CPU = torch.device("cpu")
+
+
+def _halo(ks):
+    return sum(k // 2 for k in ks[1:])
+
+
+@pytest.mark.parametrize("case,candidates", sweep.GPU_SWEEP, ids=[c.label for c, _ in sweep.GPU_SWEEP])
+def test_gpu_candidates_are_distinct_plans_that_cover_the_case(case, candidates):
+    assert candidates[0] == {}, "the default plan comes first: the speedups are over it"
+    plans = [make_plan(case.shape, case.kernel_sizes, case.interm, **c) for c in candidates]
+    assert len(set(plans)) == len(plans)
+    halo = _halo(case.kernel_sizes)
+    for plan in plans:
+        assert 1 <= plan.num_warps <= 16 and plan.tw > 2 * halo
+        assert plan.n_wt * (plan.tw - 2 * halo) >= case.size[-1]
+        if plan.bands:
+            assert plan.n_zt * plan.th * plan.zc >= case.size[0]
+        else:
+            assert plan.th > 2 * halo and plan.n_pt * (plan.th - 2 * halo) >= case.size[1]
+            assert plan.n_zt * plan.zc >= case.size[0]
+
+
+def test_make_plan_overrides_one_choice_each_and_the_grid_follows():
+    shape, ks = (2, 3, 128, 128, 128), (3, 3, 3, 3)
+    default = make_plan(shape, ks, 2)
+    assert (default.th, default.tw, default.zc, default.num_warps, default.maxnreg) == (32, 32, 32, 16, None)
+    plan = make_plan(shape, ks, 2, th=16, zc=26, maxnreg=168)
+    assert (plan.th, plan.tw, plan.zc, plan.maxnreg) == (16, 32, 26, 168)
+    assert (plan.n_zt, plan.n_pt, plan.n_wt, plan.num_warps) == (5, 13, 5, 8)
+    assert make_plan((1, 1, 5, 64, 64), (3, 3), 2, zc=64).zc == 5  # a chunk is never longer than the volume
+    image = (4, 1, 256, 256)
+    assert make_plan(image, ks, 2, lanes_per_thread=2).num_warps == 2 * make_plan(image, ks, 2).num_warps
+
+
+def test_lanes_a_thread_follow_the_register_pressure():
+    k8 = (3,) * 8
+    assert live_tiles(3, 2, (3, 3, 3, 3)) == 27 and live_tiles(3, 2, k8) == 51 and live_tiles(4, 8, k8) == 180
+    light, medium = make_plan((64, 3, 256, 256), (3, 3, 3, 3), 2), make_plan((64, 3, 256, 256), k8, 2)
+    assert (light.num_warps, light.maxnreg) == (4, None)  # 8 x 64 lanes, 4 a thread
+    assert (medium.num_warps, medium.maxnreg) == (8, None)  # 2 a thread: 170 registers, no spill (ptxas)
+    heavy = make_plan((16, 4, 128, 128), k8, 8)  # 1 a thread, and a register cap ptxas would not choose
+    assert (heavy.th * heavy.tw // 32, heavy.num_warps, heavy.maxnreg) == (8, 8, 255)
+    assert make_plan((2, 3, 128, 128, 128), (3, 3, 3, 3), 2).num_warps == 16
+    heavy3d = make_plan((2, 4, 64, 64, 64), k8, 8)
+    assert (heavy3d.num_warps, heavy3d.maxnreg) == (16, 128)
+
+
+def test_sweep_checks_then_times_and_reports_refused_plans(tmp_path):
+    report = sweep.run_sweep(sweep.CPU_SWEEP[:1], CPU, tmp_path)
+    rows = report["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "refused"]
+    for r in rows[:2]:
+        assert r["rel_error"] <= 1e-5 and r["ms"] > 0 and r["vs_default"] > 0
+    assert rows[1]["programs"] == 4 and "no tile interior" in rows[2]["reason"]
+    saved = json.loads(next(tmp_path.glob("*-sweep.json")).read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows))
+    md = next(tmp_path.glob("*-sweep.md")).read_text()
+    assert "2D 1x3x21x19 fp32 k313" in md and "refused: " in md and "1 x 32, 21, 1" in md
+
+
+def test_a_wrong_result_is_failed_not_timed(monkeypatch):
+    monkeypatch.setattr(sweep, "gin_fused", lambda x, params, out, plan: out.copy_(x))
+    rows = sweep.sweep_case(Case(1, 1, (9, 7), kernel_sizes=(1, 3)), ({},), CPU, sweep.CPU_SETTINGS, 1.0)
+    assert rows[0]["status"] == "failed" and rows[0]["ms"] is None and "relative error" in rows[0]["reason"]
+
+
+def test_budget_skips_the_remaining_cases(tmp_path):
+    report = sweep.run_sweep(sweep.CPU_SWEEP, CPU, None, budget_s=0.0)
+    assert report["rows"] == [] and report["skipped"] == [c.label for c, _ in sweep.CPU_SWEEP]
+
+
+def test_command_line_writes_the_report_and_fails_on_a_wrong_plan(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "CPU_SWEEP", ((Case(1, 1, (9, 7), kernel_sizes=(1, 3)), ({}, {"tw": 16})),))
+    assert sweep.main(["--out", str(tmp_path)]) == 0
+    assert "## 2D 1x1x9x7 fp32 k13" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("*-sweep.*"))) == 2
+    monkeypatch.setattr(sweep, "gin_fused", lambda x, params, out, plan: out.copy_(x))
+    assert sweep.main(["--out", str(tmp_path)]) == 1
+    assert sweep.main(["--device", "meta"]) == 2
+    assert "error" in capsys.readouterr().err
