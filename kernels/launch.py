@@ -129,7 +129,7 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
         th = th or _pow2_at_least(h + 2 * halo, max(8, triton.next_power_of_2(2 * halo + 4)), 32)
         zc = min(zc or 32, d)
         n_zt, n_pt = triton.cdiv(d, zc), triton.cdiv(h, max(th - 2 * halo, 1))
-        lanes = 2 if live <= 32 else 1
+        lanes = 2 if live <= 64 else 1
     n_wt = triton.cdiv(w, max(tw - 2 * halo, 1))
     lanes_per_thread = lanes_per_thread or lanes
     num_warps = max(1, min(16, th * tw // (32 * lanes_per_thread)))
