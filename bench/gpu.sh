@@ -130,6 +130,6 @@ grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -n 20
 echo "== bench (rc $BENCH_RC): $(grep -E '^wrote ' "$OUT/bench.log" || tail -n 3 "$OUT/bench.log")"
 SWEEP_MD=$(ls -t "$OUT"/*-sweep.md 2>/dev/null | head -n 1)
 [[ -n "$SWEEP_MD" ]] && cat "$SWEEP_MD"
-echo "== sweep (rc $SWEEP_RC): $(tail -n 1 "$OUT/sweep.log")"
+echo "== sweep (rc $SWEEP_RC): $(grep -E '^wrote ' "$OUT/sweep.log" || tail -n 3 "$OUT/sweep.log")"
 echo "== gpu.sh: ${SECONDS} s, files in $OUT"
 ((TESTS_RC == 0 && BENCH_RC == 0 && SWEEP_RC == 0))

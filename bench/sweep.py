@@ -218,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"python -m bench.sweep: error: {err}", file=sys.stderr)
         return 2
-    report = run_sweep(GPU_SWEEP if device.type == "cuda" else CPU_SWEEP, device, out_dir(args.out), args.budget_s)
+    out = out_dir(args.out)
+    report = run_sweep(GPU_SWEEP if device.type == "cuda" else CPU_SWEEP, device, out, args.budget_s)
     print(markdown(report))
+    print("wrote " + ", ".join(str(p) for p in write(report, out).values()))
     return 1 if any(r["status"] == "failed" for r in report["rows"]) else 0
 
 
