@@ -107,7 +107,8 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path`` (never half-written)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
     try:
@@ -127,7 +128,7 @@ def write_report(report: dict, out_dir: Path | str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{report['date']}-{report['environment']['device_slug']}-{report['preset']}"
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
-    _atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n"))
-    _atomic_write(paths["md"], lambda p: p.write_text(markdown(report)))
-    _atomic_write(paths["png"], lambda p: plot(report, p))
+    atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n"))
+    atomic_write(paths["md"], lambda p: p.write_text(markdown(report)))
+    atomic_write(paths["png"], lambda p: plot(report, p))
     return paths

@@ -34,6 +34,7 @@ from . import timing
 from .cases import K3X8, Case, draw_params, image_like
 from .cli import out_dir
 from .environment import environment
+from .report import atomic_write
 from .suite import TOLERANCE, relative_error, resolve_device
 
 Candidates = tuple[dict, ...]
@@ -176,27 +177,24 @@ def write(report: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{report['date']}-{report['environment']['device_slug']}-sweep"
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md")}
-    for path, text in ((paths["json"], json.dumps(report, indent=1) + "\n"), (paths["md"], markdown(report))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=1) + "\n"))
+    atomic_write(paths["md"], lambda p: p.write_text(markdown(report)))
     return paths
 
 
 def ptxas_table(sweep: tuple[tuple[Case, Candidates], ...]) -> str:
     """Registers and spills of every candidate's stream kernel, compiled for sm_90 on this machine."""
-    from fedgin.kernels import aot, gin
+    from fedgin.kernels import aot
 
     lines = ["| case | overrides | warps | programs | ptxas (sm_90a) |", "|---|---|---:|---:|---|"]
     for case, candidates in sweep:
-        modes = (gin.NORMS_ONLY, gin.STORE_SCALED) if case.dtype == "fp16" else (gin.STORE_UNSCALED,)
         for overrides in candidates:
             plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
-            for mode in modes:
+            for mode in aot.modes(case.torch_dtype):
                 report = aot.compile_stream(case.shape, case.kernel_sizes, case.torch_dtype, case.channels,
-                                            case.interm, int(mode), plan).split(" | ", 1)[1]
+                                            case.interm, mode, plan).split(" | ", 1)[1]
                 over = json.dumps(overrides) if overrides else "default"
-                lines.append(f"| {case.label} (mode {int(mode)}) | {over} | {plan.num_warps} | "
+                lines.append(f"| {case.label} (mode {mode}) | {over} | {plan.num_warps} | "
                              f"{_programs(case, plan)} | {report} |")
                 print(lines[-1], flush=True)
     return "\n".join(lines)

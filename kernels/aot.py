@@ -24,6 +24,12 @@ from .launch import PBLOCK, SCALE_BLOCK, Plan, make_plan, stream_args
 TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _FLOATS = ("slope", "eps")
+LAUNCH_OPTIONS = ("num_warps", "maxnreg")  # compile options among the launch arguments of stream_args
+
+
+def modes(dtype: torch.dtype) -> tuple[int, ...]:
+    """The stream-kernel modes a call with ``dtype`` output launches (see :mod:`.launch`)."""
+    return (int(gin.NORMS_ONLY), int(gin.STORE_SCALED)) if dtype == torch.float16 else (int(gin.STORE_UNSCALED),)
 
 
 class _Shape:
@@ -88,7 +94,7 @@ def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan
     plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm)
     args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 1}
     sig, const = _signature(gin.gin_stream_kernel, args, dtype)
-    options = {"num_warps": plan.num_warps} | ({"maxnreg": plan.maxnreg} if plan.maxnreg else {})
+    options = {k: args[k] for k in LAUNCH_OPTIONS if k in args}
     compiled = triton.compile(ASTSource(gin.gin_stream_kernel, sig, const), target=TARGET, options=options)
     return f"{plan} | {_ptxas_report(compiled.asm['ptx'])}"
 
@@ -108,11 +114,10 @@ def main() -> int:
     for dtype in _PTR:
         print(f"scale {dtype}: {compile_scale(dtype)}")
     for shape, ks, dtype, c, m in specializations():
-        modes = (gin.NORMS_ONLY, gin.STORE_SCALED) if dtype == torch.float16 else (gin.STORE_UNSCALED,)
-        for mode in modes:
+        for mode in modes(dtype):
             label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode}"
             try:
-                print(f"{label}: {compile_stream(shape, ks, dtype, c, m, int(mode))}", flush=True)
+                print(f"{label}: {compile_stream(shape, ks, dtype, c, m, mode)}", flush=True)
             except Exception as err:  # report every failing specialization, then fail
                 failures += 1
                 print(f"{label}: FAILED {type(err).__name__}: {err}", flush=True)

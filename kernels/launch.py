@@ -175,6 +175,7 @@ def stream_args(x: Tensor, params, plan: Plan) -> dict:
         CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, num_warps=plan.num_warps,
+        **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
     )
 
 
@@ -198,8 +199,6 @@ def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = 
     prm = pack_params(params, x.dim() - 2)
     part = torch.empty((bsz, plan.n_tiles, 2), dtype=torch.float32, device=x.device)
     args = stream_args(x, params, plan)
-    if plan.maxnreg is not None:
-        args["maxnreg"] = plan.maxnreg
     stream = _runner("gin_stream_kernel", x)
     grid = (plan.n_tiles, bsz)
     if x.dtype == torch.float16:

@@ -26,3 +26,15 @@ def rel_error(out: torch.Tensor, x: torch.Tensor, params: GINParams) -> float:
     ref = reference_apply(x.double(), params)
     assert not torch.isnan(out).any(), "unwritten (NaN-poisoned) or NaN output"
     return float((out.double() - ref).norm() / ref.norm())
+
+
+def assert_plan_covers(plan, size, kernel_sizes) -> None:
+    """``plan``'s tiles, less their in-plane halo, cover a sample of spatial ``size`` (and fit a CTA)."""
+    halo = sum(k // 2 for k in kernel_sizes[1:])
+    assert 1 <= plan.num_warps <= 16 and plan.tw > 2 * halo
+    assert plan.n_wt * (plan.tw - 2 * halo) >= size[-1]
+    if plan.bands:
+        assert plan.n_zt * plan.th * plan.zc >= size[0]
+    else:
+        assert plan.th > 2 * halo and plan.n_pt * (plan.th - 2 * halo) >= size[1]
+        assert plan.n_zt * plan.zc >= size[0]

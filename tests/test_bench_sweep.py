@@ -10,11 +10,9 @@ from fedgin.bench.cases import Case
 from fedgin.kernels import make_plan
 from fedgin.kernels.launch import live_tiles
 
+from kernel_cases import assert_plan_covers
+
 CPU = torch.device("cpu")
-
-
-def _halo(ks):
-    return sum(k // 2 for k in ks[1:])
 
 
 @pytest.mark.parametrize("case,candidates", sweep.GPU_SWEEP, ids=[c.label for c, _ in sweep.GPU_SWEEP])
@@ -22,15 +20,8 @@ def test_gpu_candidates_are_distinct_plans_that_cover_the_case(case, candidates)
     assert candidates[0] == {}, "the default plan comes first: the speedups are over it"
     plans = [make_plan(case.shape, case.kernel_sizes, case.interm, **c) for c in candidates]
     assert len(set(plans)) == len(plans)
-    halo = _halo(case.kernel_sizes)
     for plan in plans:
-        assert 1 <= plan.num_warps <= 16 and plan.tw > 2 * halo
-        assert plan.n_wt * (plan.tw - 2 * halo) >= case.size[-1]
-        if plan.bands:
-            assert plan.n_zt * plan.th * plan.zc >= case.size[0]
-        else:
-            assert plan.th > 2 * halo and plan.n_pt * (plan.th - 2 * halo) >= case.size[1]
-            assert plan.n_zt * plan.zc >= case.size[0]
+        assert_plan_covers(plan, case.size, case.kernel_sizes)
 
 
 def test_make_plan_overrides_one_choice_each_and_the_grid_follows():

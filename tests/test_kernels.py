@@ -13,7 +13,7 @@ from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.gin import sample_base
 from fedgin.kernels.launch import Plan
 
-from kernel_cases import TOL, draw, image_like, rel_error
+from kernel_cases import TOL, assert_plan_covers, draw, image_like, rel_error
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -110,13 +110,7 @@ def test_plan_without_interior_is_refused():
 def test_plans_cover_the_image():
     for shape, ks in [((64, 3, 256, 256), (3, 3, 3, 3)), ((2, 3, 128, 128, 128), (3, 3, 3, 3)),
                       ((1, 1, 7, 300), (5, 5)), ((1, 1, 1, 128, 128), (1, 3))]:
-        plan = make_plan(shape, ks, 2)
-        halo = sum(k // 2 for k in ks[1:])
-        assert plan.n_wt * (plan.tw - 2 * halo) >= shape[-1]
-        if plan.bands:
-            assert plan.n_zt * plan.th * plan.zc >= shape[2]
-        else:
-            assert plan.n_pt * (plan.th - 2 * halo) >= shape[3] and plan.n_zt * plan.zc >= shape[2]
+        assert_plan_covers(make_plan(shape, ks, 2), shape[2:], ks)
 
 
 @triton.jit
