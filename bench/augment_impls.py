@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fedgin import GINParams
-from fedgin.augment import AUGMENTATIONS, make_augmentation
+from fedgin import GINParams, gin_apply, make_config
+from fedgin.augment import AUGMENTATIONS, ipa_mask, make_augmentation
 
 from .cases import Case
 from .registry import Impl, Prepared, register
@@ -50,8 +50,26 @@ def _prepare(name: str):
     return prepare
 
 
+def _prepare_gin_ipa_unfused(case: Case, device: torch.device) -> Prepared:
+    """GIN-IPA as it was before the fused views: three ``gin_apply`` calls and the mask blend in PyTorch."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    cfg = make_config(in_channels=case.channels, spatial_dims=case.dims)
+
+    def fn(x: Tensor, params: GINParams) -> Tensor:
+        g1, g2, g3 = (gin_apply(x, GINParams.draw_config(x.shape[0], cfg, device=x.device, generator=gen))
+                      for _ in range(3))
+        m = ipa_mask((x.shape[0], *x.shape[2:]), gen, device=x.device)
+        views = ((m * g1 + (1 - m) * g2).to(x.dtype), ((1 - m) * g1 + m * g2).to(x.dtype), g3)  # eager: all made
+        return views[0]
+
+    return fn
+
+
 for _name, _summary in SUMMARIES.items():
     register(Impl(f"aug-{_name}", _summary, _prepare(_name), graphable=False, reference_check=False))
+register(Impl("aug-gin_ipa-unfused", "GIN-IPA unfused: three gin_apply calls (backend auto) and the mask blend in "
+              "PyTorch, the path aug-gin_ipa replaced on the Triton backend", _prepare_gin_ipa_unfused,
+              graphable=False, reference_check=False))
 
 if set(SUMMARIES) != set(AUGMENTATIONS) - {"none"}:  # a new method must be benchmarked too
     raise RuntimeError(f"bench/augment_impls.py lists {sorted(SUMMARIES)}; fedgin.augment has {sorted(AUGMENTATIONS)}")

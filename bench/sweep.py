@@ -29,6 +29,7 @@ import torch
 
 from fedgin import reference_apply
 from fedgin.kernels import gin_fused, make_plan
+from fedgin.kernels.launch import stream_modes
 
 from . import timing
 from .cases import K3X8, Case, draw_params, image_like
@@ -190,7 +191,7 @@ def ptxas_table(sweep: tuple[tuple[Case, Candidates], ...]) -> str:
     for case, candidates in sweep:
         for overrides in candidates:
             plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
-            for mode in aot.modes(case.torch_dtype):
+            for mode in stream_modes(case.torch_dtype):
                 report = aot.compile_stream(case.shape, case.kernel_sizes, case.torch_dtype, case.channels,
                                             case.interm, mode, plan).split(" | ", 1)[1]
                 over = json.dumps(overrides) if overrides else "default"

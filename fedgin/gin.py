@@ -47,21 +47,28 @@ def gin_apply(x: Tensor, params: GINParams, backend: str = "auto", *, check_fini
     the reference). ``check_finite`` costs one reduction and a device sync; trainers that already
     validated their data may turn it off.
     """
+    if resolve_backend(x, params, backend, check_finite=check_finite) == "reference":
+        return reference_apply(x, params)
+    from fedgin.kernels import gin_fused
+
+    return gin_fused(x, params)
+
+
+def resolve_backend(x: Tensor, params: GINParams, backend: str = "auto", *, check_finite: bool = True) -> str:
+    """Check ``x`` for ``params`` and name the backend that runs it, ``"reference"`` or ``"triton"``, with
+    :func:`gin_apply`'s errors (an unknown backend, bad input, a call the Triton backend cannot run)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown GIN backend {backend!r}; choose one of {BACKENDS}")
     check_input(x, params, check_finite=check_finite)
     if backend == "auto":
-        backend = "triton" if x.is_cuda and triton_supports(x, params) is None else "reference"
-    if backend == "reference":
-        return reference_apply(x, params)
-    if x.dtype not in _IO_DTYPES:
-        raise TypeError(f"the Triton GIN backend takes float32, float16 or bfloat16, got {x.dtype}")
-    reason = triton_supports(x, params)
-    if reason is not None:
-        raise ValueError(f"the Triton GIN backend cannot run this call: {reason}")
-    from fedgin.kernels import gin_fused
-
-    return gin_fused(x, params)
+        return "triton" if x.is_cuda and triton_supports(x, params) is None else "reference"
+    if backend == "triton":
+        if x.dtype not in _IO_DTYPES:
+            raise TypeError(f"the Triton GIN backend takes float32, float16 or bfloat16, got {x.dtype}")
+        reason = triton_supports(x, params)
+        if reason is not None:
+            raise ValueError(f"the Triton GIN backend cannot run this call: {reason}")
+    return backend
 
 
 def triton_supports(x: Tensor, params: GINParams) -> str | None:

@@ -19,17 +19,12 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import gin
-from .launch import PBLOCK, SCALE_BLOCK, Plan, make_plan, stream_args
+from .launch import PBLOCK, SCALE_BLOCK, Plan, make_plan, stream_args, stream_modes
 
 TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg")  # compile options among the launch arguments of stream_args
-
-
-def modes(dtype: torch.dtype) -> tuple[int, ...]:
-    """The stream-kernel modes a call with ``dtype`` output launches (see :mod:`.launch`)."""
-    return (int(gin.NORMS_ONLY), int(gin.STORE_SCALED)) if dtype == torch.float16 else (int(gin.STORE_UNSCALED),)
 
 
 class _Shape:
@@ -71,8 +66,12 @@ def _signature(kernel, args: dict, dtype: torch.dtype) -> tuple[dict, dict]:
             sig[name] = "*fp32"
         elif kernel.params[names.index(name)].is_constexpr:
             sig[name], const[name] = "constexpr", args[name]
+        elif name in _FLOATS:
+            sig[name] = "fp32"
+        elif args.get(name) == 1:  # as at launch: Triton specializes an integer argument equal to 1 as a constant
+            sig[name], const[name] = "constexpr", 1
         else:
-            sig[name] = "fp32" if name in _FLOATS else "i32"
+            sig[name] = "i32"
     return sig, const
 
 
@@ -92,17 +91,18 @@ def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan
     the ptxas register/spill report."""
     params = _Shape(tuple(kernel_sizes), channels, interm)
     plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm)
-    args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 1}
+    # prm_stride: any value but 1, which would be specialized as a constant
+    args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 2}
     sig, const = _signature(gin.gin_stream_kernel, args, dtype)
     options = {k: args[k] for k in LAUNCH_OPTIONS if k in args}
     compiled = triton.compile(ASTSource(gin.gin_stream_kernel, sig, const), target=TARGET, options=options)
     return f"{plan} | {_ptxas_report(compiled.asm['ptx'])}"
 
 
-def compile_scale(dtype: torch.dtype) -> str:
-    args = {"BLOCK": SCALE_BLOCK, "PBLOCK": PBLOCK}
-    sig, const = _signature(gin.gin_scale_kernel, args, dtype)
-    compiled = triton.compile(ASTSource(gin.gin_scale_kernel, sig, const), target=TARGET, options={"num_warps": 4})
+def compile_pass(kernel, dtype: torch.dtype, **constexprs) -> str:
+    """Compile an elementwise pass (the scale pass, the GIN-IPA blend) for sm_90; returns the ptxas report."""
+    sig, const = _signature(kernel, {"BLOCK": SCALE_BLOCK, "PBLOCK": PBLOCK, **constexprs}, dtype)
+    compiled = triton.compile(ASTSource(kernel, sig, const), target=TARGET, options={"num_warps": 4})
     return _ptxas_report(compiled.asm["ptx"])
 
 
@@ -112,9 +112,11 @@ def main() -> int:
         return 2
     failures = 0
     for dtype in _PTR:
-        print(f"scale {dtype}: {compile_scale(dtype)}")
+        print(f"scale {dtype}: {compile_pass(gin.gin_scale_kernel, dtype)}")
+        scaled = dtype == torch.float16  # as gin_ipa_fused launches it
+        print(f"ipa {dtype}: {compile_pass(gin.gin_ipa_kernel, dtype, SCALED=scaled)}")
     for shape, ks, dtype, c, m in specializations():
-        for mode in modes(dtype):
+        for mode in stream_modes(dtype):
             label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode}"
             try:
                 print(f"{label}: {compile_stream(shape, ks, dtype, c, m, mode)}", flush=True)

@@ -131,11 +131,15 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_don
 @triton.jit
 def gin_stream_kernel(
     x_ptr, out_ptr, prm_ptr, part_ptr,
-    S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, slope, eps,
+    S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, view_step, slope, eps,
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
 ):
-    """GIN over one tile of one sample; grid ``(n_tiles, B)``. See the module docstring.
+    """GIN over one tile of one sample; grid ``(n_tiles, B, V)``. See the module docstring.
+
+    V draws for one batch in one launch: program ``(tile, b, v)`` applies parameter row ``v * B + b`` (partial
+    norms row ``v * B + b``) to input sample ``b`` and writes output sample ``v * view_step * B + b``, so draw
+    ``v`` fills every ``view_step``-th view of ``out`` [views, B, C, *S]. One draw: V = 1, all rows ``b``.
 
     ``CH``: channels at each layer boundary (C, M, ..., M, C); ``OFF``: offset of each layer's packed
     weights and biases in a sample's parameter row. ``KS``: kernel size per layer (along S and W);
@@ -149,6 +153,7 @@ def gin_stream_kernel(
     RP: tl.constexpr = 0 if BANDS else RH
     tile = tl.program_id(0)
     b = tl.program_id(1)
+    row = tl.program_id(2) * tl.num_programs(1) + b  # parameter and partial-norm row
     N = S * P * W
     N64 = N.to(tl.int64)
     PW = P * W
@@ -176,13 +181,13 @@ def gin_stream_kernel(
     xoff0 = prow * W + cols  # in-plane offset of each lane
 
     x_b = x_ptr + sample_base(b, 0, C, N)
-    o_b = out_ptr + sample_base(b, 0, C, N)
-    p_b = prm_ptr + b.to(tl.int64) * prm_stride
+    o_b = out_ptr + sample_base(tl.program_id(2) * view_step * tl.num_programs(1) + b, 0, C, N)
+    p_b = prm_ptr + row.to(tl.int64) * prm_stride
     alpha = tl.load(p_b + prm_stride - 1)
 
     scale = 1.0
     if MODE == STORE_SCALED:
-        scale = _sample_scale(part_ptr, b, n_tiles, eps, PBLOCK)
+        scale = _sample_scale(part_ptr, row, n_tiles, eps, PBLOCK)
 
     # pending partial planes of every layer: COUT * (K - 1) tiles each
     pend = ()
@@ -229,7 +234,7 @@ def gin_stream_kernel(
             tl.debug_barrier()
 
     if MODE != STORE_SCALED:
-        q = part_ptr + (b.to(tl.int64) * n_tiles + tile) * 2
+        q = part_ptr + (row.to(tl.int64) * n_tiles + tile) * 2
         tl.store(q, _total(acc_x))
         tl.store(q + 1, _total(acc_m))
 
@@ -244,3 +249,36 @@ def gin_scale_kernel(out_ptr, part_ptr, n_tiles, numel, eps, BLOCK: tl.constexpr
     ptr = out_ptr + sample_base(b, 0, 1, numel) + offs
     v = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     tl.store(ptr, (v * scale).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gin_ipa_kernel(out_ptr, mask_ptr, part1_ptr, part2_ptr, part3_ptr, n_tiles1, n_tiles2, n_tiles3, B, C, n_sp,
+                   eps, SCALED: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
+    """GIN-IPA's views in place in ``out`` [3, B, C, n_sp] holding GIN1..3 of the batch; grid (blocks, B).
+
+    ``view1 = m * GIN1 + (1 - m) * GIN2``, ``view2 = (1 - m) * GIN1 + m * GIN2`` with the sample's mask ``m``
+    ([B, n_sp], float32, shared by the channels); ``view3 = GIN3``. Unless ``SCALED`` (the stream stored them
+    renormalized), each GIN is first renormalized with its partial norms (``part<v>_ptr``: [B, n_tiles<v>, 2]).
+    """
+    b = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n_sp
+    s1 = 1.0
+    s2 = 1.0
+    s3 = 1.0
+    if not SCALED:
+        s1 = _sample_scale(part1_ptr, b, n_tiles1, eps, PBLOCK)
+        s2 = _sample_scale(part2_ptr, b, n_tiles2, eps, PBLOCK)
+        s3 = _sample_scale(part3_ptr, b, n_tiles3, eps, PBLOCK)
+    m = tl.load(mask_ptr + sample_base(b, 0, 1, n_sp) + offs, mask=inside, other=0.0)
+    for c in range(C):
+        p1 = out_ptr + sample_base(b, c, C, n_sp) + offs
+        p2 = out_ptr + sample_base(b + B, c, C, n_sp) + offs
+        g1 = tl.load(p1, mask=inside, other=0.0).to(tl.float32) * s1
+        g2 = tl.load(p2, mask=inside, other=0.0).to(tl.float32) * s2
+        tl.store(p1, (m * g1 + (1.0 - m) * g2).to(out_ptr.dtype.element_ty), mask=inside)
+        tl.store(p2, ((1.0 - m) * g1 + m * g2).to(out_ptr.dtype.element_ty), mask=inside)
+        if not SCALED:
+            p3 = out_ptr + sample_base(b + 2 * B, c, C, n_sp) + offs
+            g3 = tl.load(p3, mask=inside, other=0.0).to(tl.float32)
+            tl.store(p3, (g3 * s3).to(out_ptr.dtype.element_ty), mask=inside)

@@ -11,12 +11,16 @@ element can be final:
   and stores the renormalized output.
 
 The partial norms are per tile and reduced in a fixed order: the result is deterministic.
+
+GIN-IPA (:func:`gin_ipa_fused`): the three draws' stack runs in one stream launch when they share kernel sizes
+(else one per distinct kernel-size tuple), then one pass renormalizes and blends them into the three views.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -54,6 +58,11 @@ class Plan:
     @property
     def n_tiles(self) -> int:
         return self.n_zt * self.n_pt * self.n_wt
+
+
+def stream_modes(dtype: torch.dtype) -> tuple[int, ...]:
+    """The stream-kernel modes a call with ``dtype`` output launches, in order (see the module docstring)."""
+    return (int(NORMS_ONLY), int(STORE_SCALED)) if dtype == torch.float16 else (int(STORE_UNSCALED),)
 
 
 def unsupported_reason(x: Tensor, params) -> str | None:
@@ -171,12 +180,42 @@ def stream_args(x: Tensor, params, plan: Plan) -> dict:
         off.append(off[-1] + cout * cin * k * kp * k + cout)
     return dict(
         S=s, P=p, W=w, zc=plan.zc, n_steps=plan.zc + 2 * rs, n_wt=plan.n_wt, n_pt=plan.n_pt,
-        n_tiles=plan.n_tiles, slope=float(params.config.slope), eps=float(params.config.eps),
+        n_tiles=plan.n_tiles, view_step=1, slope=float(params.config.slope),
+        eps=float(params.config.eps),
         CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, num_warps=plan.num_warps,
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
     )
+
+
+def _check_out(out: Tensor | None, x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=x.dtype, device=x.device)
+    if tuple(out.shape) != shape or out.dtype != x.dtype or not out.is_contiguous() or out.device != x.device:
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {shape} on {x.device}")
+    return out
+
+
+def _check_plan(plan: Plan, kernel_sizes: Sequence[int]) -> None:
+    halo = sum(k // 2 for k in kernel_sizes[1:])
+    if plan.tw <= 2 * halo or (not plan.bands and plan.th <= 2 * halo):
+        raise ValueError(f"{plan} leaves no tile interior for an in-plane halo of {halo}")
+
+
+def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan | None, view_step: int = 1) -> Tensor:
+    """The stream launches of ``draws`` (parameters for ``x``'s batch, one kernel-size tuple) as one grid: draw
+    ``v`` writes ``out`` [views, B, C, *S] view ``v * view_step``. Returns the partial norms [V * B, tiles, 2]."""
+    first = draws[0]
+    plan = plan or make_plan(tuple(x.shape), tuple(first.kernel_sizes), first.config.interm_channels)
+    _check_plan(plan, first.kernel_sizes)
+    prm = torch.cat([pack_params(p, x.dim() - 2) for p in draws])
+    part = torch.empty((len(draws) * x.shape[0], plan.n_tiles, 2), dtype=torch.float32, device=x.device)
+    args = stream_args(x, first, plan) | {"view_step": view_step}
+    kernel = _runner("gin_stream_kernel", x)
+    for mode in stream_modes(x.dtype):
+        kernel[(plan.n_tiles, x.shape[0], len(draws))](x, out, prm, part, prm_stride=prm.shape[1], MODE=mode, **args)
+    return part
 
 
 def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = None) -> Tensor:
@@ -187,27 +226,43 @@ def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = 
     (optional) overrides :func:`make_plan`'s tiles (tests use small tiles to cross tile borders).
     """
     x = x.contiguous()
-    if out is None:
-        out = torch.empty_like(x)
-    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous() or out.device != x.device:
-        raise ValueError("out must be a contiguous tensor of the input's shape, dtype and device")
-    bsz = x.shape[0]
-    plan = plan or make_plan(tuple(x.shape), tuple(params.kernel_sizes), params.config.interm_channels)
-    halo = sum(k // 2 for k in params.kernel_sizes[1:])
-    if plan.tw <= 2 * halo or (not plan.bands and plan.th <= 2 * halo):
-        raise ValueError(f"{plan} leaves no tile interior for an in-plane halo of {halo}")
-    prm = pack_params(params, x.dim() - 2)
-    part = torch.empty((bsz, plan.n_tiles, 2), dtype=torch.float32, device=x.device)
-    args = stream_args(x, params, plan)
-    stream = _runner("gin_stream_kernel", x)
-    grid = (plan.n_tiles, bsz)
-    if x.dtype == torch.float16:
-        stream[grid](x, out, prm, part, prm_stride=prm.shape[1], MODE=NORMS_ONLY, **args)
-        stream[grid](x, out, prm, part, prm_stride=prm.shape[1], MODE=STORE_SCALED, **args)
-    else:
-        stream[grid](x, out, prm, part, prm_stride=prm.shape[1], MODE=STORE_UNSCALED, **args)
+    out = _check_out(out, x, tuple(x.shape))
+    part = _stream(x, [params], out, plan)
+    if x.dtype != torch.float16:  # the stream stored the unscaled mix
         numel = out[0].numel()
-        _runner("gin_scale_kernel", x)[(triton.cdiv(numel, SCALE_BLOCK), bsz)](
-            out, part, plan.n_tiles, numel, float(params.config.eps), BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK,
+        _runner("gin_scale_kernel", x)[(triton.cdiv(numel, SCALE_BLOCK), x.shape[0])](
+            out, part, part.shape[1], numel, float(params.config.eps), BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK,
             num_warps=4)
     return out
+
+
+def gin_ipa_fused(x: Tensor, draws: Sequence, mask: Tensor, out: Tensor | None = None,
+                  plan: Plan | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """GIN-IPA's three views of ``x`` [B, C, *S] (:func:`fedgin.augment.gin_ipa.gin_ipa_views`) from the three GIN
+    ``draws`` and the IPA ``mask`` [B, 1, *S]: one stream launch per distinct kernel-size tuple among the draws
+    (one when they share it) and one pass that renormalizes and blends.
+
+    Assumes every draw passed :func:`fedgin.gin.check_input` and :func:`unsupported_reason` for ``x``. ``out``
+    (optional): [3, B, C, *S] receiving the views; ``plan`` (optional): tiles for every stream launch.
+    """
+    if len(draws) != 3:
+        raise ValueError(f"GIN-IPA takes 3 GIN draws, got {len(draws)}")
+    bsz, n_sp = x.shape[0], math.prod(x.shape[2:])
+    if tuple(mask.shape) != (bsz, 1, *x.shape[2:]):
+        raise ValueError(f"IPA mask must have shape {(bsz, 1, *x.shape[2:])}, got {tuple(mask.shape)}")
+    x = x.contiguous()
+    mask = mask.to(device=x.device, dtype=torch.float32).contiguous()
+    out = _check_out(out, x, (3, *x.shape))
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for v, p in enumerate(draws):
+        groups.setdefault(tuple(p.kernel_sizes), []).append(v)
+    parts: list[Tensor | None] = [None] * 3
+    for views in groups.values():  # any subset of 3 views is evenly spaced: (0, 2) is every 2nd view from 0
+        step = views[1] - views[0] if len(views) > 1 else 1
+        part = _stream(x, [draws[v] for v in views], out[views[0]], plan, view_step=step)
+        for j, v in enumerate(views):
+            parts[v] = part[j * bsz:(j + 1) * bsz]
+    _runner("gin_ipa_kernel", x)[(triton.cdiv(n_sp, SCALE_BLOCK), bsz)](
+        out, mask, *parts, *(p.shape[1] for p in parts), bsz, x.shape[1], n_sp, float(draws[0].config.eps),
+        SCALED=x.dtype == torch.float16, BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK, num_warps=4)
+    return out[0], out[1], out[2]

@@ -21,10 +21,11 @@ def test_synthetic_label_covers_every_class():
 
 
 def test_augmentation_rows_are_timed_and_marked_not_gin():
-    report = run_suite("quick", ["aug-randconv", "aug-semantic_randconv"], max_cases=1, e2e=False, progress=False)
+    names = ["aug-randconv", "aug-semantic_randconv", "aug-gin_ipa-unfused"]
+    report = run_suite("quick", names, max_cases=1, e2e=False, progress=False)
     rows = {r["impl"]: r for r in report["rows"]}
     assert rows["reference"]["status"] == "ok" and rows["reference"]["reason"] is None
-    for name in ("aug-randconv", "aug-semantic_randconv"):
+    for name in names:
         r = rows[name]
         assert r["status"] == "ok" and r["reason"] == NO_CHECK and r["rel_error"] is None
         assert r["ms"] > 0 and r["gpix_s"] > 0 and r["speedup"] > 0

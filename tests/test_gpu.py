@@ -1,10 +1,11 @@
 """GPU checks of the fused kernel (bench/gpu.sh runs them): float64 reference, NaN-poisoned outputs,
-determinism, and 64-bit indexing on a real volume past 2^31 elements."""
+determinism, the fused GIN-IPA views, and 64-bit indexing on a real volume past 2^31 elements."""
 import pytest
 import torch
 
 from fedgin import gin_apply, reference_apply
-from fedgin.kernels import gin_fused
+from fedgin.augment import ipa_mask
+from fedgin.kernels import gin_fused, gin_ipa_fused
 
 from kernel_cases import TOL, draw, image_like, rel_error
 
@@ -54,6 +55,24 @@ def test_deterministic_and_same_as_reference_backend():
     assert torch.allclose(gin_apply(x, params, backend="auto"), a)
     ref = reference_apply(x, params)
     assert float((a - ref).norm() / ref.norm()) <= TOL[F32]
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16])
+@pytest.mark.parametrize("shape,kernel_sizes", [
+    ((32, 3, 192, 192), ((3, 3, 3, 3), (1, 3, 1, 3), (3, 3, 3, 3))),
+    ((2, 1, 64, 96, 80), ((3, 3, 3, 3),) * 3),
+])
+def test_gin_ipa_views_match_float64_on_gpu(shape, kernel_sizes, dtype):
+    draws = [draw(shape, ks, seed=i, device="cuda") for i, ks in enumerate(kernel_sizes)]
+    x = image_like(shape, dtype, seed=7, device="cuda")
+    mask = ipa_mask((shape[0], *shape[2:]), torch.Generator(device="cuda").manual_seed(0))
+    out = torch.full((3, *shape), float("nan"), dtype=dtype, device="cuda")
+    gin_ipa_fused(x, draws, mask, out=out)
+    g1, g2, g3 = (reference_apply(x.double(), p) for p in draws)
+    m = mask.double()
+    for got, want in zip(out, (m * g1 + (1 - m) * g2, (1 - m) * g1 + m * g2, g3), strict=True):
+        assert not torch.isnan(got).any()
+        assert float((got.double() - want).norm() / want.norm()) <= TOL[dtype]
 
 
 def test_past_2_pow_31_elements():

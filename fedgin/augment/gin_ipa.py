@@ -22,8 +22,9 @@ from torch import Tensor
 
 from fedgin.augment.base import Augmentation, gin_options, register, work_dtype
 from fedgin.augment.masks import check_ipa_options, ipa_mask
-from fedgin.gin import BACKENDS, gin, gin_apply, make_config
+from fedgin.gin import BACKENDS, gin, make_config, resolve_backend
 from fedgin.params import GINParams
+from fedgin.reference import reference_apply
 
 
 def gin_ipa_views(x: Tensor, generator: torch.Generator | None = None, backend: str = "auto", *, spacing: int = 24,
@@ -31,15 +32,22 @@ def gin_ipa_views(x: Tensor, generator: torch.Generator | None = None, backend: 
     """The three GIN-IPA views of ``x`` [B, C, *S]: GIN1..3 drawn in that order, then the IPA mask.
 
     ``gin_config`` takes :class:`fedgin.GINConfig` fields (``in_channels``/``spatial_dims`` default to ``x``'s);
-    ``spacing``, ``order``, ``downscale`` go to :func:`fedgin.augment.masks.ipa_mask`.
+    ``spacing``, ``order``, ``downscale`` go to :func:`fedgin.augment.masks.ipa_mask`. On the Triton backend
+    the views come from :func:`fedgin.kernels.gin_ipa_fused`: one stream launch for the three draws when they
+    share kernel sizes (one per distinct kernel-size tuple otherwise) and one pass that renormalizes and blends.
     """
     gin_config.setdefault("in_channels", x.shape[1])
     gin_config.setdefault("spatial_dims", x.dim() - 2)
     cfg = make_config(**gin_config)
-    g1, g2, g3 = (gin_apply(x, GINParams.draw_config(x.shape[0], cfg, device=x.device, generator=generator), backend)
-                  for _ in range(3))
+    draws = [GINParams.draw_config(x.shape[0], cfg, device=x.device, generator=generator) for _ in range(3)]
+    backends = {resolve_backend(x, p, backend, check_finite=i == 0) for i, p in enumerate(draws)}
     mask = ipa_mask((x.shape[0], *x.shape[2:]), generator, device=x.device, spacing=spacing, order=order,
                     downscale=downscale).to(work_dtype(x))
+    if backends == {"triton"}:
+        from fedgin.kernels import gin_ipa_fused
+
+        return gin_ipa_fused(x, draws, mask)
+    g1, g2, g3 = (reference_apply(x, p) for p in draws)
     a, b = g1.to(mask.dtype), g2.to(mask.dtype)
     view1 = mask * a + (1 - mask) * b
     view2 = (1 - mask) * a + mask * b
