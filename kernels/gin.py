@@ -153,7 +153,8 @@ def gin_stream_kernel(
     RP: tl.constexpr = 0 if BANDS else RH
     tile = tl.program_id(0)
     b = tl.program_id(1)
-    row = tl.program_id(2) * tl.num_programs(1) + b  # parameter and partial-norm row
+    v = tl.program_id(2)
+    row = v * tl.num_programs(1) + b  # parameter and partial-norm row
     N = S * P * W
     N64 = N.to(tl.int64)
     PW = P * W
@@ -181,7 +182,7 @@ def gin_stream_kernel(
     xoff0 = prow * W + cols  # in-plane offset of each lane
 
     x_b = x_ptr + sample_base(b, 0, C, N)
-    o_b = out_ptr + sample_base(tl.program_id(2) * view_step * tl.num_programs(1) + b, 0, C, N)
+    o_b = out_ptr + sample_base(v * view_step * tl.num_programs(1) + b, 0, C, N)
     p_b = prm_ptr + row.to(tl.int64) * prm_stride
     alpha = tl.load(p_b + prm_stride - 1)
 

@@ -209,7 +209,8 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan | None, view_ste
     first = draws[0]
     plan = plan or make_plan(tuple(x.shape), tuple(first.kernel_sizes), first.config.interm_channels)
     _check_plan(plan, first.kernel_sizes)
-    prm = torch.cat([pack_params(p, x.dim() - 2) for p in draws])
+    packed = [pack_params(p, x.dim() - 2) for p in draws]
+    prm = packed[0] if len(packed) == 1 else torch.cat(packed)  # one draw (plain GIN): no copy
     part = torch.empty((len(draws) * x.shape[0], plan.n_tiles, 2), dtype=torch.float32, device=x.device)
     args = stream_args(x, first, plan) | {"view_step": view_step}
     kernel = _runner("gin_stream_kernel", x)
