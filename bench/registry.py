@@ -132,6 +132,25 @@ def _triton_supports(case: Case, device: torch.device) -> str | None:
     return unsupported_reason(x, draw_params(case, "cpu"))
 
 
+ONE_LAUNCH_MAX_SAMPLE = 2**20  # elements: one program rescales a whole sample (about 4 MiB in float32)
+
+
+def _one_launch_supports(case: Case, device: torch.device) -> str | None:
+    if case.torch_dtype == torch.float16:
+        return "float16 output keeps two passes (the unscaled mix can overflow float16)"
+    if case.elements // case.batch > ONE_LAUNCH_MAX_SAMPLE:
+        return (f"one program rescales a whole sample: only samples of at most {ONE_LAUNCH_MAX_SAMPLE} elements "
+                "(bench/NOTES.md, v1.4)")
+    return _triton_supports(case, device)
+
+
+def _one_launch_prepare(case: Case, device: torch.device) -> Prepared:
+    from fedgin.kernels import gin_fused, make_plan
+
+    plan = make_plan(case.shape, case.kernel_sizes, case.interm, finish=True)
+    return lambda x, params: gin_fused(x, params, plan=plan)
+
+
 def skip_reason(impl: Impl, case: Case, device: torch.device, preset: str, deadline: float) -> str | None:
     """Why ``impl`` does not run on ``case`` here, or None."""
     if time.monotonic() > deadline:
@@ -151,6 +170,8 @@ register(Impl("compile", "the reference under torch.compile (static shapes, defa
               _compile_supports, heavy=True))
 register(Impl("triton", "fedgin's fused Triton kernel: gin_apply(x, p, backend='triton', check_finite=False)",
               _same(functools.partial(gin_apply, backend="triton", check_finite=False)), _triton_supports))
+register(Impl("triton-1launch", "the fused kernel in one launch: each sample's last program renormalizes it "
+              "(make_plan(..., finish=True))", _one_launch_prepare, _one_launch_supports))
 register(Impl("loop", "slow baseline: per sample, per layer F.conv2d/conv3d", _same(per_sample_loop)))
 register(Impl("authors", "FedGIN authors' released configuration: one network per batch, computed on the CPU "
               "and copied back", _same(authors_cpu),

@@ -2,13 +2,13 @@
 
 ``python -m bench.sweep [--out DIR] [--budget-s S] [--ptxas]``. For each headline case, every candidate plan
 (``make_plan`` keyword overrides; ``{}`` is the default plan) is checked against the float64 reference on the
-same draw, then the whole call (stream pass + scale pass) is timed: median with L2 flushed, and on a GPU also
-replayed from a CUDA graph (no Python launch overhead; GB/s, share of the copy bandwidth measured in the same
-run and speedup over the default plan are from that time). The report is rewritten after every
-row, so a run stopped by its budget keeps what it measured. Without a GPU the sweep runs small stand-in cases
-through Triton's interpreter (a check of the sweep, not a timing); ``--ptxas`` compiles the GPU candidates for
-sm_90 on the CPU instead and reports registers and spills. Exit status 1 when a plan gave a wrong result or
-crashed (a plan the launcher refuses is reported as refused).
+same draw, then the whole call (stream pass + scale pass, or the one launch of ``finish``) is timed: median
+with L2 flushed, and on a GPU also replayed from a CUDA graph (no Python launch overhead; GB/s, share of the
+copy bandwidth measured in the same run and speedup over the default plan are from that time). The report is
+rewritten after every row, so a run stopped by its budget keeps what it measured. Without a GPU the sweep runs
+small stand-in cases through Triton's interpreter (a check of the sweep, not a timing); ``--ptxas`` compiles the
+GPU candidates for sm_90 on the CPU instead and reports registers and spills. Exit status 1 when a plan gave a
+wrong result or crashed (a plan the launcher refuses is reported as refused).
 
 Why these candidates (bench/NOTES.md): the default plans leave SMs idle in the last wave (3D: 200 CTAs of 16
 warps at one CTA an SM on 132 SMs) and run few warps an SM (2D: 4 warps at 211 registers); the candidates trade
@@ -43,14 +43,16 @@ Candidates = tuple[dict, ...]
 # (case, candidate overrides); the default plan first. Ordered by importance: the budget cuts the tail.
 GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
     (Case(64, 3, (256, 256)), (
-        {}, {"lanes_per_thread": 2}, {"zc": 16, "th": 16}, {"zc": 16, "th": 16, "lanes_per_thread": 2},
+        {}, {"lanes_per_thread": 2}, {"finish": True}, {"finish": True, "lanes_per_thread": 2},
+        {"zc": 16, "th": 16}, {"zc": 16, "th": 16, "lanes_per_thread": 2},
         {"zc": 64, "th": 4}, {"tw": 128}, {"tw": 128, "th": 4, "lanes_per_thread": 2}, {"tw": 32}, {"th": 4},
         {"th": 2, "lanes_per_thread": 1})),
     (Case(2, 3, (128,) * 3), (
         {}, {"zc": 26}, {"zc": 16}, {"zc": 64}, {"th": 16}, {"th": 16, "zc": 26}, {"th": 16, "tw": 64},
         {"th": 16, "tw": 16, "lanes_per_thread": 1})),
     (Case(64, 3, (256, 256), "bf16"), (
-        {}, {"lanes_per_thread": 2}, {"zc": 16, "th": 16, "lanes_per_thread": 2}, {"th": 2, "lanes_per_thread": 1})),
+        {}, {"lanes_per_thread": 2}, {"finish": True}, {"zc": 16, "th": 16, "lanes_per_thread": 2},
+        {"th": 2, "lanes_per_thread": 1})),
     (Case(2, 3, (128,) * 3, "bf16"), ({}, {"zc": 26}, {"th": 16})),
     (Case(2, 3, (128,) * 3, "fp16"), ({}, {"zc": 26}, {"th": 16})),
     (Case(16, 4, (128, 128), kernel_sizes=K3X8, interm=8), (
@@ -59,7 +61,7 @@ GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
 
 # Stand-ins for a CPU run (Triton's interpreter): odd sizes, a few programs, one plan that cannot run.
 CPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
-    (Case(1, 3, (21, 19), kernel_sizes=(3, 1, 3)), ({}, {"tw": 16, "th": 2, "zc": 8}, {"tw": 2})),
+    (Case(1, 3, (21, 19), kernel_sizes=(3, 1, 3)), ({}, {"tw": 16, "th": 2, "zc": 8, "finish": True}, {"tw": 2})),
     (Case(1, 2, (5, 9, 11), "bf16", kernel_sizes=(3, 3)), ({}, {"zc": 2, "th": 8, "tw": 8})),
 )
 
@@ -123,7 +125,8 @@ def _plan_text(plan: dict | None) -> str:
     if plan is None:
         return "-"
     cap = f", maxnreg {plan['maxnreg']}" if plan["maxnreg"] else ""
-    return f"{plan['th']} x {plan['tw']}, {plan['zc']}, {plan['num_warps']}{cap}"
+    one = ", 1 launch" if plan["finish"] else ""
+    return f"{plan['th']} x {plan['tw']}, {plan['zc']}, {plan['num_warps']}{cap}{one}"
 
 
 def markdown(report: dict) -> str:
@@ -191,7 +194,7 @@ def ptxas_table(sweep: tuple[tuple[Case, Candidates], ...]) -> str:
     for case, candidates in sweep:
         for overrides in candidates:
             plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
-            for mode in stream_modes(case.torch_dtype):
+            for mode in stream_modes(case.torch_dtype, plan.finish):
                 report = aot.compile_stream(case.shape, case.kernel_sizes, case.torch_dtype, case.channels,
                                             case.interm, mode, plan).split(" | ", 1)[1]
                 over = json.dumps(overrides) if overrides else "default"

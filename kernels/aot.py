@@ -62,6 +62,8 @@ def _signature(kernel, args: dict, dtype: torch.dtype) -> tuple[dict, dict]:
     for name in names:
         if name in ("x_ptr", "out_ptr"):
             sig[name] = _PTR[dtype]
+        elif name == "cnt_ptr":
+            sig[name] = "*i32"
         elif name.endswith("_ptr"):
             sig[name] = "*fp32"
         elif kernel.params[names.index(name)].is_constexpr:
@@ -90,7 +92,7 @@ def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan
     """Compile one stream-kernel specialization for sm_90 (``plan``: default :func:`make_plan`'s); returns
     the ptxas register/spill report."""
     params = _Shape(tuple(kernel_sizes), channels, interm)
-    plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm)
+    plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm, finish=mode == int(gin.STORE_FINISH))
     # prm_stride: any value but 1, which would be specialized as a constant
     args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 2}
     sig, const = _signature(gin.gin_stream_kernel, args, dtype)
@@ -116,7 +118,7 @@ def main() -> int:
         scaled = dtype == torch.float16  # as gin_ipa_fused launches it
         print(f"ipa {dtype}: {compile_pass(gin.gin_ipa_kernel, dtype, SCALED=scaled)}")
     for shape, ks, dtype, c, m in specializations():
-        for mode in stream_modes(dtype):
+        for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True)):
             label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode}"
             try:
                 print(f"{label}: {compile_stream(shape, ks, dtype, c, m, mode)}", flush=True)

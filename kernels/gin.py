@@ -18,7 +18,9 @@ interior (``RH`` = the sum of those radii from each side) is stored. Nothing but
 a few partial sums leaves the chip.
 
 The Frobenius renormalization needs the whole sample: each program writes its partial sums of
-``x^2`` and ``mixed^2`` (deterministic, no atomics); see :mod:`fedgin.kernels.launch` for the modes.
+``x^2`` and ``mixed^2``, reduced in a fixed order (deterministic); see :mod:`fedgin.kernels.launch` for the
+modes. ``STORE_FINISH`` makes it one launch: a per-sample atomic counter elects the sample's last program,
+which rescales the whole sample while it is still in L2.
 """
 import triton
 import triton.language as tl
@@ -27,6 +29,7 @@ import triton.language as tl
 STORE_UNSCALED = tl.constexpr(0)  # store mixed, write partial norms (a scale pass follows)
 NORMS_ONLY = tl.constexpr(1)  # write partial norms only (first pass of the recompute path)
 STORE_SCALED = tl.constexpr(2)  # reduce this sample's partial norms first, store the renormalized output
+STORE_FINISH = tl.constexpr(3)  # STORE_UNSCALED, then the sample's last program to finish renormalizes it
 
 
 @triton.jit
@@ -54,8 +57,8 @@ def _sample_scale(part_ptr, b, n_tiles, eps, PBLOCK: tl.constexpr):
     for s0 in range(0, n_tiles, PBLOCK):
         idx = s0 + tl.arange(0, PBLOCK)
         q = part_ptr + (b.to(tl.int64) * n_tiles + idx) * 2
-        sx += tl.load(q, mask=idx < n_tiles, other=0.0)
-        sm += tl.load(q + 1, mask=idx < n_tiles, other=0.0)
+        sx += tl.load(q, mask=idx < n_tiles, other=0.0, cache_modifier=".cg")  # L2: other CTAs wrote them
+        sm += tl.load(q + 1, mask=idx < n_tiles, other=0.0, cache_modifier=".cg")
     return tl.sqrt(tl.reduce(sx, 0, _add)) / (tl.sqrt(tl.reduce(sm, 0, _add)) + eps)
 
 
@@ -130,10 +133,11 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_don
 
 @triton.jit
 def gin_stream_kernel(
-    x_ptr, out_ptr, prm_ptr, part_ptr,
+    x_ptr, out_ptr, prm_ptr, part_ptr, cnt_ptr,
     S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, view_step, slope, eps,
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
+    FBLOCK: tl.constexpr,
 ):
     """GIN over one tile of one sample; grid ``(n_tiles, B, V)``. See the module docstring.
 
@@ -146,7 +150,8 @@ def gin_stream_kernel(
     ``KPS``: along P (``KS`` in 3D, all 1 in 2D).
     ``RS``: sum of the radii (the halo along S); ``RH``: the in-plane halo (``RS`` less the first
     layer's radius: that layer reads true neighbours from memory). ``BANDS``: 2D band layout. Parameters per sample
-    (``prm_stride`` floats): per layer weights [COUT, CIN, K, KP, K] and biases, then alpha.
+    (``prm_stride`` floats): per layer weights [COUT, CIN, K, KP, K] and biases, then alpha. ``cnt_ptr``: int32
+    per row, zero at launch, and ``FBLOCK``: elements a step of the finishing program's rescale (``STORE_FINISH`` only).
     """
     L: tl.constexpr = len(KS)
     C: tl.constexpr = CH[0]
@@ -225,7 +230,7 @@ def gin_stream_kernel(
             if MODE != STORE_SCALED:
                 acc_x += xv * xv
                 acc_m += mixed * mixed
-            if MODE == STORE_UNSCALED:
+            if MODE == STORE_UNSCALED or MODE == STORE_FINISH:
                 tl.store(o_b + N64 * c + ooff, mixed.to(out_ptr.dtype.element_ty), mask=keep)
             if MODE == STORE_SCALED:
                 tl.store(o_b + N64 * c + ooff, (mixed * scale).to(out_ptr.dtype.element_ty), mask=keep)
@@ -238,14 +243,33 @@ def gin_stream_kernel(
         q = part_ptr + (row.to(tl.int64) * n_tiles + tile) * 2
         tl.store(q, _total(acc_x))
         tl.store(q + 1, _total(acc_m))
+    if MODE == STORE_FINISH:
+        # every thread's stores precede the barrier, the release publishes them; the acquire of the last
+        # program to arrive makes all of the sample's stores visible to it (the CUTLASS semaphore pattern)
+        tl.debug_barrier()
+        if tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel", scope="gpu") == n_tiles - 1:
+            _finish(o_b, part_ptr, row, n_tiles, C * N64, eps, PBLOCK, FBLOCK)
+
+
+@triton.jit
+def _finish(o_ptr, part_ptr, row, n_tiles, numel, eps, PBLOCK: tl.constexpr, FBLOCK: tl.constexpr):
+    """Renormalize the ``numel`` stored mixed values at ``o_ptr`` (one sample) with partial-norm row ``row``."""
+    scale = _sample_scale(part_ptr, row, n_tiles, eps, PBLOCK)
+    for i0 in range(0, numel, FBLOCK):
+        offs = i0 + tl.arange(0, FBLOCK)
+        v = tl.load(o_ptr + offs, mask=offs < numel, other=0.0, cache_modifier=".cg").to(tl.float32)
+        tl.store(o_ptr + offs, (v * scale).to(o_ptr.dtype.element_ty), mask=offs < numel)
 
 
 @triton.jit
 def gin_scale_kernel(out_ptr, part_ptr, n_tiles, numel, eps, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
-    """Renormalize stored mixed values in place: ``out[b] *= ||x_b|| / (||mixed_b|| + eps)``; grid (blocks, B)."""
-    b = tl.program_id(1)
+    """Renormalize stored mixed values in place: ``out[b] *= ||x_b|| / (||mixed_b|| + eps)``; grid (blocks, B).
+
+    In reverse order of the stream's writes (last sample, last block first): the first CTAs find their data in L2.
+    """
+    b = tl.num_programs(1) - 1 - tl.program_id(1)
     scale = _sample_scale(part_ptr, b, n_tiles, eps, PBLOCK)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     ptr = out_ptr + sample_base(b, 0, 1, numel) + offs
     v = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
@@ -260,9 +284,10 @@ def gin_ipa_kernel(out_ptr, mask_ptr, part1_ptr, part2_ptr, part3_ptr, n_tiles1,
     ``view1 = m * GIN1 + (1 - m) * GIN2``, ``view2 = (1 - m) * GIN1 + m * GIN2`` with the sample's mask ``m``
     ([B, n_sp], float32, shared by the channels); ``view3 = GIN3``. Unless ``SCALED`` (the stream stored them
     renormalized), each GIN is first renormalized with its partial norms (``part<v>_ptr``: [B, n_tiles<v>, 2]).
+    Last sample first, as in :func:`gin_scale_kernel`.
     """
-    b = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    b = B - 1 - tl.program_id(1)
+    offs = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n_sp
     s1 = 1.0
     s2 = 1.0

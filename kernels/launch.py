@@ -1,6 +1,6 @@
 """Host side of the fused GIN kernel: support check, parameter packing, tile plan, the launches.
 
-Two launches per call, because the Frobenius renormalization needs the whole sample before any
+Two launches per call by default, because the Frobenius renormalization needs the whole sample before any
 element can be final:
 
 - float32 and bfloat16 output: the stream kernel stores the unscaled mix and per-tile partial norms,
@@ -11,6 +11,12 @@ element can be final:
   and stores the renormalized output.
 
 The partial norms are per tile and reduced in a fixed order: the result is deterministic.
+
+One launch (``Plan.finish``, float32 and bfloat16 output): the stream kernel stores the unscaled mix, then the
+last program of each sample to finish (elected by a per-sample atomic counter) reads the sample back, while it
+is still in L2, and rescales it in place. It trades the scale pass's launch and its trip through device
+memory for one program's serial rescale of a whole sample, so it suits samples small against the L2; off by
+default until a GPU measures it (``bench/NOTES.md``, v1.4).
 
 GIN-IPA (:func:`gin_ipa_fused`): the three draws' stack runs in one stream launch when they share kernel sizes
 (else one per distinct kernel-size tuple), then one pass renormalizes and blends them into the three views.
@@ -30,7 +36,7 @@ from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import gin as gin_module
-from .gin import NORMS_ONLY, STORE_SCALED, STORE_UNSCALED
+from .gin import NORMS_ONLY, STORE_FINISH, STORE_SCALED, STORE_UNSCALED
 
 MAX_CHANNELS = 4
 MAX_INTERM = 8
@@ -39,6 +45,7 @@ KERNEL_SIZES = (1, 3, 5)
 IO_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SCALE_BLOCK = 1024
 PBLOCK = 128
+FINISH_PER_THREAD = 16  # elements a thread a step of the one-launch rescale: 32 spilled in 1- and 2-warp CTAs (ptxas)
 
 
 @dataclass(frozen=True)
@@ -54,15 +61,18 @@ class Plan:
     bands: bool
     num_warps: int
     maxnreg: int | None = None  # ptxas register cap per thread (None: ptxas chooses)
+    finish: bool = False  # one launch: each sample's last program rescales it (not for float16 output)
 
     @property
     def n_tiles(self) -> int:
         return self.n_zt * self.n_pt * self.n_wt
 
 
-def stream_modes(dtype: torch.dtype) -> tuple[int, ...]:
+def stream_modes(dtype: torch.dtype, finish: bool = False) -> tuple[int, ...]:
     """The stream-kernel modes a call with ``dtype`` output launches, in order (see the module docstring)."""
-    return (int(NORMS_ONLY), int(STORE_SCALED)) if dtype == torch.float16 else (int(STORE_UNSCALED),)
+    if dtype == torch.float16:
+        return int(NORMS_ONLY), int(STORE_SCALED)
+    return (int(STORE_FINISH),) if finish else (int(STORE_UNSCALED),)
 
 
 def unsupported_reason(x: Tensor, params) -> str | None:
@@ -109,7 +119,7 @@ def live_tiles(channels: int, interm: int, kernel_sizes: tuple[int, ...]) -> int
 
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
-              maxnreg: int | None = None) -> Plan:
+              maxnreg: int | None = None, finish: bool = False) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 64 columns, 3D up to 32 x 32); 2D
     streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of up to 32 planes.
@@ -119,7 +129,8 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     gave such kernels 32 to 64 registers and spilled tens of KB (ptxas for sm_90a, bench/NOTES.md).
 
     The keywords override one choice each (powers of two for ``th``, ``tw``, ``lanes_per_thread``) and the
-    grid follows: the plan sweep (``python -m bench.sweep``) measures the alternatives on a GPU.
+    grid follows; ``finish`` asks for the one-launch renormalization (module docstring). The plan sweep
+    (``python -m bench.sweep``) measures the alternatives on a GPU.
     """
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
@@ -144,7 +155,7 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     num_warps = max(1, min(16, th * tw // (32 * lanes_per_thread)))
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
         maxnreg = min(255, 65536 // (32 * num_warps))
-    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg)
+    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish)
 
 
 @functools.cache
@@ -184,7 +195,7 @@ def stream_args(x: Tensor, params, plan: Plan) -> dict:
         eps=float(params.config.eps),
         CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
-        TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, num_warps=plan.num_warps,
+        TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, num_warps=plan.num_warps,
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
     )
 
@@ -197,30 +208,48 @@ def _check_out(out: Tensor | None, x: Tensor, shape: tuple[int, ...]) -> Tensor:
     return out
 
 
-def _check_plan(plan: Plan, kernel_sizes: Sequence[int]) -> None:
+def _check_plan(plan: Plan, shape: Sequence[int], kernel_sizes: Sequence[int]) -> None:
+    """Refuse a plan whose tiles, less their in-plane halo, do not cover a sample of ``shape`` [B, C, *S]."""
     halo = sum(k // 2 for k in kernel_sizes[1:])
     if plan.tw <= 2 * halo or (not plan.bands and plan.th <= 2 * halo):
         raise ValueError(f"{plan} leaves no tile interior for an in-plane halo of {halo}")
+    s, w = shape[2], shape[-1]
+    rows = plan.n_zt * plan.zc * (plan.th if plan.bands else 1)
+    covered = rows >= s and plan.n_wt * (plan.tw - 2 * halo) >= w
+    if not plan.bands:
+        covered = covered and plan.n_pt * (plan.th - 2 * halo) >= shape[3]
+    if not covered:
+        raise ValueError(f"{plan} does not cover a sample of spatial size {tuple(shape[2:])}")
 
 
-def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan | None, view_step: int = 1) -> Tensor:
+def _plan_for(x: Tensor, params, plan: Plan | None) -> Plan:
+    plan = plan or make_plan(tuple(x.shape), tuple(params.kernel_sizes), params.config.interm_channels)
+    _check_plan(plan, x.shape, params.kernel_sizes)
+    return plan
+
+
+def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int = 1, finish: bool = False) -> Tensor:
     """The stream launches of ``draws`` (parameters for ``x``'s batch, one kernel-size tuple) as one grid: draw
-    ``v`` writes ``out`` [views, B, C, *S] view ``v * view_step``. Returns the partial norms [V * B, tiles, 2]."""
+    ``v`` writes ``out`` [views, B, C, *S] view ``v * view_step``; ``finish``: renormalized in the same launch.
+    Returns the partial norms [V * B, tiles, 2]."""
     first = draws[0]
-    plan = plan or make_plan(tuple(x.shape), tuple(first.kernel_sizes), first.config.interm_channels)
-    _check_plan(plan, first.kernel_sizes)
     packed = [pack_params(p, x.dim() - 2) for p in draws]
     prm = packed[0] if len(packed) == 1 else torch.cat(packed)  # one draw (plain GIN): no copy
-    part = torch.empty((len(draws) * x.shape[0], plan.n_tiles, 2), dtype=torch.float32, device=x.device)
+    rows = len(draws) * x.shape[0]
+    part = torch.empty((rows, plan.n_tiles, 2), dtype=torch.float32, device=x.device)
+    modes = stream_modes(x.dtype, finish)
+    cnt = torch.zeros(rows if int(STORE_FINISH) in modes else 1, dtype=torch.int32, device=x.device)
     args = stream_args(x, first, plan) | {"view_step": view_step}
     kernel = _runner("gin_stream_kernel", x)
-    for mode in stream_modes(x.dtype):
-        kernel[(plan.n_tiles, x.shape[0], len(draws))](x, out, prm, part, prm_stride=prm.shape[1], MODE=mode, **args)
+    for mode in modes:
+        kernel[(plan.n_tiles, x.shape[0], len(draws))](x, out, prm, part, cnt, prm_stride=prm.shape[1], MODE=mode,
+                                                      **args)
     return part
 
 
 def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = None) -> Tensor:
-    """GIN of ``x`` [B, C, *S] with ``params`` in two launches; ``x`` is made contiguous if it is not.
+    """GIN of ``x`` [B, C, *S] with ``params`` in two launches (one with ``plan.finish``); ``x`` is made
+    contiguous if it is not.
 
     Assumes the input checks of :func:`fedgin.gin.check_input` passed and
     :func:`unsupported_reason` returned ``None``. ``out`` (optional) receives the result; ``plan``
@@ -228,8 +257,9 @@ def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = 
     """
     x = x.contiguous()
     out = _check_out(out, x, tuple(x.shape))
-    part = _stream(x, [params], out, plan)
-    if x.dtype != torch.float16:  # the stream stored the unscaled mix
+    plan = _plan_for(x, params, plan)
+    part = _stream(x, [params], out, plan, finish=plan.finish)
+    if stream_modes(x.dtype, plan.finish) == (int(STORE_UNSCALED),):  # the stream stored the unscaled mix
         numel = out[0].numel()
         _runner("gin_scale_kernel", x)[(triton.cdiv(numel, SCALE_BLOCK), x.shape[0])](
             out, part, part.shape[1], numel, float(params.config.eps), BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK,
@@ -260,7 +290,8 @@ def gin_ipa_fused(x: Tensor, draws: Sequence, mask: Tensor, out: Tensor | None =
     parts: list[Tensor | None] = [None] * 3
     for views in groups.values():  # any subset of 3 views is evenly spaced: (0, 2) is every 2nd view from 0
         step = views[1] - views[0] if len(views) > 1 else 1
-        part = _stream(x, [draws[v] for v in views], out[views[0]], plan, view_step=step)
+        group = [draws[v] for v in views]
+        part = _stream(x, group, out[views[0]], _plan_for(x, group[0], plan), view_step=step)
         for j, v in enumerate(views):
             parts[v] = part[j * bsz:(j + 1) * bsz]
     _runner("gin_ipa_kernel", x)[(triton.cdiv(n_sp, SCALE_BLOCK), bsz)](

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from fedgin import GINParams, reference_apply
+from fedgin.kernels import launch
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
@@ -38,3 +39,20 @@ def assert_plan_covers(plan, size, kernel_sizes) -> None:
     else:
         assert plan.th > 2 * halo and plan.n_pt * (plan.th - 2 * halo) >= size[1]
         assert plan.n_zt * plan.zc >= size[0]
+
+
+def count_launches(monkeypatch) -> list[str]:
+    """From now on, the names of the kernels :mod:`fedgin.kernels.launch` launches, in order."""
+    launched: list[str] = []
+    runner = launch._runner
+
+    class Counting:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launched.append(self.name)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(launch, "_runner", lambda name, x: Counting(name, runner(name, x)))
+    return launched

@@ -5,8 +5,10 @@ import json
 import pytest
 import torch
 
+from fedgin import reference_apply
 from fedgin.bench import IMPLEMENTATIONS, PRESETS, Case, Impl, run_suite, select
 from fedgin.bench.anchors import compare_anchors, load_anchors
+from fedgin.bench.cases import draw_params
 from fedgin.bench.cli import main
 from fedgin.bench.registry import skip_reason
 from fedgin.commands import bench as bench_command
@@ -15,7 +17,7 @@ CPU = torch.device("cpu")
 
 
 def test_registry_has_the_issue_implementations_and_reference_first():
-    assert {"reference", "compile", "triton", "loop", "authors"} <= set(IMPLEMENTATIONS)
+    assert {"reference", "compile", "triton", "triton-1launch", "loop", "authors"} <= set(IMPLEMENTATIONS)
     assert [i.name for i in select(["loop", "triton"])] == ["reference", "loop", "triton"]
     assert IMPLEMENTATIONS["authors"].shared_network and not IMPLEMENTATIONS["authors"].graphable
 
@@ -35,6 +37,17 @@ def test_unsupported_cases_are_skipped_with_a_reason():
     heavy = skip_reason(IMPLEMENTATIONS["compile"], Case(1, 1, (8, 8)), CPU, "quick", float("inf"))
     assert "key cases" in heavy
     assert "budget" in skip_reason(IMPLEMENTATIONS["loop"], Case(1, 1, (8, 8)), CPU, "quick", 0.0)
+
+
+def test_one_launch_row_runs_the_finishing_plan_and_names_what_it_skips():
+    one = IMPLEMENTATIONS["triton-1launch"]
+    assert "float16" in one.supports(Case(1, 1, (16, 16), "fp16"), CPU)
+    assert "whole sample" in one.supports(Case(1, 3, (1024, 1024)), CPU)
+    case = Case(2, 1, (9, 13), kernel_sizes=(3, 3))
+    assert one.supports(case, CPU) is None
+    params = draw_params(case, CPU)
+    x = torch.rand(case.shape, generator=torch.Generator().manual_seed(0)) + 0.5
+    torch.testing.assert_close(one.prepare(case, CPU)(x, params), reference_apply(x, params), rtol=1e-5, atol=1e-5)
 
 
 def test_quick_preset_writes_json_markdown_and_png(tmp_path, capsys):

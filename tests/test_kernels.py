@@ -13,7 +13,7 @@ from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.gin import sample_base
 from fedgin.kernels.launch import Plan
 
-from kernel_cases import TOL, assert_plan_covers, draw, image_like, rel_error
+from kernel_cases import TOL, assert_plan_covers, count_launches, draw, image_like, rel_error
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -55,6 +55,26 @@ def test_tile_borders(shape, plan):
     params = draw(shape, (3, 3), seed=3)
     x = image_like(shape, F32, seed=4)
     assert rel_error(_run(x, params, plan), x, params) <= TOL[F32]
+
+
+ONE_LAUNCH = [  # shape, kernel sizes, dtype, plan (several tiles a sample: the counter elects across them)
+    ((2, 3, 11, 37), (3, 3, 3), F32, Plan(th=2, tw=16, zc=4, n_zt=2, n_pt=1, n_wt=4, bands=True, num_warps=1,
+                                          finish=True)),
+    ((2, 1, 5, 11, 13), (3, 3), BF16, Plan(th=8, tw=8, zc=2, n_zt=3, n_pt=2, n_wt=3, bands=False, num_warps=1,
+                                           finish=True)),
+    ((1, 2, 5, 40), (3, 1), F16, make_plan((1, 2, 5, 40), (3, 1), 2, tw=16, finish=True)),  # fp16: two passes
+]
+
+
+@pytest.mark.parametrize("shape,ks,dtype,plan", ONE_LAUNCH, ids=[f"{c[0]}-{c[2]}" for c in ONE_LAUNCH])
+def test_one_launch_renormalizes_in_the_last_program(monkeypatch, shape, ks, dtype, plan):
+    """``Plan.finish``: float32/bfloat16 in one stream launch (no scale pass); float16 keeps its two passes."""
+    params = draw(shape, ks, seed=13)
+    x = image_like(shape, dtype, seed=14)
+    launched = count_launches(monkeypatch)
+    out = _run(x, params, plan)
+    assert launched == ["gin_stream_kernel"] * (2 if dtype == F16 else 1)
+    assert rel_error(out, x, params) <= TOL[dtype]
 
 
 def test_one_network_for_the_batch():
@@ -105,6 +125,16 @@ def test_plan_without_interior_is_refused():
     params = draw(shape, (3, 3, 3))
     with pytest.raises(ValueError, match="no tile interior"):
         gin_fused(image_like(shape, F32), params, plan=Plan(1, 4, 8, 1, 1, 2, True, 1))
+
+
+@pytest.mark.parametrize("shape,plan", [
+    ((1, 1, 13, 29), Plan(th=2, tw=16, zc=3, n_zt=2, n_pt=1, n_wt=3, bands=True, num_warps=1)),  # 12 of 13 rows
+    ((1, 1, 13, 29), Plan(th=2, tw=16, zc=3, n_zt=3, n_pt=1, n_wt=2, bands=True, num_warps=1)),  # 28 of 29 columns
+    ((1, 1, 5, 11, 13), Plan(th=8, tw=8, zc=2, n_zt=3, n_pt=1, n_wt=3, bands=False, num_warps=1)),  # 6 of 11 rows
+])
+def test_plan_that_misses_part_of_the_image_is_refused(shape, plan):
+    with pytest.raises(ValueError, match="does not cover"):
+        gin_fused(image_like(shape, F32), draw(shape, (3, 3)), plan=plan)
 
 
 def test_plans_cover_the_image():

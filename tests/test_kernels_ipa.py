@@ -4,10 +4,10 @@ import torch
 
 from fedgin import reference_apply
 from fedgin.augment import gin_ipa_views, ipa_mask
-from fedgin.kernels import gin_ipa_fused, launch
+from fedgin.kernels import gin_ipa_fused
 from fedgin.kernels.launch import stream_modes
 
-from kernel_cases import TOL, draw, image_like
+from kernel_cases import TOL, count_launches, draw, image_like
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -29,22 +29,6 @@ def _expected(x, draws, mask):
     return m * g1 + (1 - m) * g2, (1 - m) * g1 + m * g2, g3
 
 
-def _count_launches(monkeypatch) -> list[str]:
-    launched: list[str] = []
-    runner = launch._runner
-
-    class Counting:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, grid):
-            launched.append(self.name)
-            return self.kernel[grid]
-
-    monkeypatch.setattr(launch, "_runner", lambda name, x: Counting(name, runner(name, x)))
-    return launched
-
-
 @pytest.mark.parametrize("shape,kernel_sizes,dtype,streams", CASES,
                          ids=[f"{c[0]}-{'-'.join(map(str, c[1]))}-{c[2]}" for c in CASES])
 def test_views_match_float64_in_the_fewest_launches(monkeypatch, shape, kernel_sizes, dtype, streams):
@@ -52,7 +36,7 @@ def test_views_match_float64_in_the_fewest_launches(monkeypatch, shape, kernel_s
     x = image_like(shape, dtype, seed=sum(shape))
     mask = ipa_mask((shape[0], *shape[2:]), torch.Generator().manual_seed(1), spacing=3)
     out = torch.full((3, *shape), float("nan"), dtype=dtype)  # an unwritten element fails
-    launched = _count_launches(monkeypatch)
+    launched = count_launches(monkeypatch)
     views = gin_ipa_fused(x, draws, mask, out=out)
     assert launched == ["gin_stream_kernel"] * (streams * len(stream_modes(dtype))) + ["gin_ipa_kernel"]
     for got, want in zip(views, _expected(x, draws, mask), strict=True):
