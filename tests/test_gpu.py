@@ -1,11 +1,11 @@
 """GPU checks of the fused kernel (bench/gpu.sh runs them): float64 reference, NaN-poisoned outputs,
-determinism, the fused GIN-IPA views, and 64-bit indexing on a real volume past 2^31 elements."""
+determinism, the fused GIN-IPA views, the one-launch plan, and 64-bit indexing on a real volume past 2^31 elements."""
 import pytest
 import torch
 
 from fedgin import gin_apply, reference_apply
 from fedgin.augment import ipa_mask
-from fedgin.kernels import gin_fused, gin_ipa_fused
+from fedgin.kernels import gin_fused, gin_ipa_fused, make_plan
 
 from kernel_cases import TOL, draw, image_like, rel_error
 
@@ -73,6 +73,24 @@ def test_gin_ipa_views_match_float64_on_gpu(shape, kernel_sizes, dtype):
     for got, want in zip(out, (m * g1 + (1 - m) * g2, (1 - m) * g1 + m * g2, g3), strict=True):
         assert not torch.isnan(got).any()
         assert float((got.double() - want).norm() / want.norm()) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+@pytest.mark.parametrize("shape,ks", [((64, 3, 256, 256), (3, 3, 3, 3)), ((4, 1, 96, 96, 96), (1, 3, 1, 3))])
+def test_one_launch_plan_on_gpu(shape, ks, dtype):
+    """``Plan.finish`` under real concurrency: the atomic election across SMs renormalizes every sample exactly
+    once, whichever program ends last (equal results on repeat, float64 bound, nothing left unwritten)."""
+    params = draw(shape, ks, seed=5, device="cuda")
+    x = image_like(shape, dtype, seed=6, device="cuda")
+    plan = make_plan(shape, ks, params.config.interm_channels, finish=True)
+    outs = []
+    for _ in range(2):
+        out = torch.full_like(x, float("nan"))
+        gin_fused(x, params, out=out, plan=plan)
+        outs.append(out)
+    torch.cuda.synchronize()
+    assert torch.equal(outs[0], outs[1])
+    assert rel_error(outs[0], x, params) <= TOL[dtype]
 
 
 def test_past_2_pow_31_elements():
