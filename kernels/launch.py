@@ -238,7 +238,9 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     rows = len(draws) * x.shape[0]
     part = torch.empty((rows, plan.n_tiles, 2), dtype=torch.float32, device=x.device)
     modes = stream_modes(x.dtype, finish)
-    cnt = torch.zeros(rows if int(STORE_FINISH) in modes else 1, dtype=torch.int32, device=x.device)
+    # the per-sample counters of STORE_FINISH; the other modes never read it: no allocation or memset for them
+    cnt = (torch.zeros(rows, dtype=torch.int32, device=x.device) if int(STORE_FINISH) in modes
+           else part.view(torch.int32))
     args = stream_args(x, first, plan) | {"view_step": view_step}
     kernel = _runner("gin_stream_kernel", x)
     for mode in modes:
