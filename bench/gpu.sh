@@ -3,9 +3,10 @@
 # in about 7 minutes on an H100. Everything it writes goes to $OUT (default bench/results/), no folders:
 #   env.txt        nvidia-smi, versions, git commit, how fedgin was made importable
 #   gpu-tests.log  python -m pytest -q -m gpu <test files that use the gpu marker>
-#   bench.log      the suite's progress and output
+#   bench.log      the suite's progress and output, then the sweep's
 #   <date>-<device>-paper.json / .md / .png   the suite's report
-#   sweep.log, <date>-<device>-sweep.json / .md   the kernel's tile plans side by side (python -m bench.sweep)
+#   <date>-<device>-sweep.json / .md   the kernel's tile plans side by side (python -m bench.sweep)
+# Eight files in all: the most the device tool brings back from $OUT.
 #
 # It installs nothing from a registry (the GPU machine has its own torch/triton and no network):
 # - fedgin.kernels / fedgin.bench (kernels/ and bench/ mapped in by setup.py's package_dir) must import from
@@ -118,8 +119,9 @@ BENCH_RC=$?
 
 LEFT=$((TOTAL_S - SECONDS))
 # the sweep starts no new case after --budget-s; a case (its compiles and timings) takes up to ~40 s
+echo "== python -m bench.sweep" >>"$OUT/bench.log"
 timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench.sweep --out "$OUT" --budget-s "$((LEFT > 60 ? LEFT - 40 : 10))" \
-  >"$OUT/sweep.log" 2>&1
+  >>"$OUT/bench.log" 2>&1
 SWEEP_RC=$?
 
 MD=$(ls -t "$OUT"/*-"$PRESET".md 2>/dev/null | head -n 1)
@@ -127,9 +129,8 @@ MD=$(ls -t "$OUT"/*-"$PRESET".md 2>/dev/null | head -n 1)
 echo
 echo "== GPU tests (rc $TESTS_RC): $(tail -n 1 "$OUT/gpu-tests.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -n 20
-echo "== bench (rc $BENCH_RC): $(grep -E '^wrote ' "$OUT/bench.log" || tail -n 3 "$OUT/bench.log")"
+echo "== bench (rc $BENCH_RC), sweep (rc $SWEEP_RC): $(grep -E '^wrote ' "$OUT/bench.log" || tail -n 3 "$OUT/bench.log")"
 SWEEP_MD=$(ls -t "$OUT"/*-sweep.md 2>/dev/null | head -n 1)
 [[ -n "$SWEEP_MD" ]] && cat "$SWEEP_MD"
-echo "== sweep (rc $SWEEP_RC): $(grep -E '^wrote ' "$OUT/sweep.log" || tail -n 3 "$OUT/sweep.log")"
 echo "== gpu.sh: ${SECONDS} s, files in $OUT"
 ((TESTS_RC == 0 && BENCH_RC == 0 && SWEEP_RC == 0))
