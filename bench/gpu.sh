@@ -35,6 +35,13 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 importable() { "$PY" -c "import $1" >/dev/null 2>&1; }
 
 MODE="as is"
+WHEELS=${FEDGIN_WHEELS:-$ROOT/.wheels}
+if ! importable monai && compgen -G "$WHEELS/*.whl" >/dev/null; then
+  for whl in "$WHEELS"/*.whl; do "$PY" -m zipfile -e "$whl" "$TMP/wheels"; done
+  export PYTHONPATH="$PYTHONPATH:$TMP/wheels"
+  WHEEL_NOTE="; wheels unzipped from $WHEELS"
+fi
+WHEEL_NOTE=${WHEEL_NOTE:-}
 if ! importable "fedgin.kernels, fedgin.bench"; then
   if "$PY" -m pip install --no-deps --no-index --no-build-isolation -e . >"$TMP/pip.log" 2>&1 \
       && importable "fedgin.kernels, fedgin.bench"; then
@@ -70,12 +77,6 @@ if ! importable "fedgin.kernels, fedgin.bench"; then
   echo "gpu.sh: fedgin.kernels / fedgin.bench do not import (see $OUT/env.txt)" >&2
   exit 1
 fi
-WHEELS=${FEDGIN_WHEELS:-$ROOT/.wheels}
-if ! importable monai && compgen -G "$WHEELS/*.whl" >/dev/null; then
-  for whl in "$WHEELS"/*.whl; do "$PY" -m zipfile -e "$whl" "$TMP/wheels"; done
-  export PYTHONPATH="$PYTHONPATH:$TMP/wheels"
-  MODE="$MODE; wheels unzipped from $WHEELS"
-fi
 
 {
   echo "# bench/gpu.sh, $(date -u +%FT%TZ)"
@@ -97,7 +98,7 @@ print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else 
 PYEOF
   echo "git commit: $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'unknown (no git or no .git here)')"
   git -C "$ROOT" status --porcelain 2>/dev/null | head -n 30
-  echo "fedgin import: $MODE"
+  echo "fedgin import: $MODE$WHEEL_NOTE"
   echo "PYTHONPATH=$PYTHONPATH"
 } >"$OUT/env.txt" 2>&1
 
