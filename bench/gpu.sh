@@ -1,32 +1,36 @@
 #!/usr/bin/env bash
 # One GPU command: the GPU correctness tests (pytest -m gpu), the `paper` benchmark preset and the plan sweep,
-# in about 7 minutes on an H100. Everything it writes goes to $OUT (default bench/results/), no folders:
+# within 480 s (run it with the device tool's timeout_s 520: what a 15-minute lease has left after the machine's
+# start still allows a short second call). Everything it writes goes to $OUT (default bench/results/), no folders:
 #   env.txt        nvidia-smi, versions, git commit, how fedgin was made importable
-#   gpu-tests.log  python -m pytest -q -m gpu <test files that use the gpu marker>
-#   bench.log      the suite's progress and output, then the sweep's
+#   gpu-tests.log  python -m pytest -m gpu <test files that use the gpu marker> (-n 8 -v where pytest-xdist is)
+#   bench.log      Nsight Compute's sections for the 2D and 3D stream kernels, the suite's output, the sweep's
 #   <date>-<device>-paper.json / .md / .png   the suite's report
 #   <date>-<device>-sweep.json / .md   the kernel's tile plans side by side (python -m bench.sweep)
 # Eight files in all: the most the device tool brings back from $OUT.
 #
 # It installs nothing from a registry (the GPU machine has its own torch/triton and no network):
+# - MONAI (imported by fedgin.bench's comparison rows) is not on that image: wheels in $FEDGIN_WHEELS (default
+#   .wheels/, committed: `pip download monai nibabel --no-deps -d .wheels`) are unzipped into a temp dir on
+#   PYTHONPATH when the import fails.
 # - fedgin.kernels / fedgin.bench (kernels/ and bench/ mapped in by setup.py's package_dir) must import from
 #   this checkout: as they are, else `pip install --no-deps --no-index --no-build-isolation -e .` (offline),
-#   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/.
-# - MONAI (the training-step rows) is not on that image: wheels in $FEDGIN_WHEELS (default .wheels/, e.g.
-#   `pip download monai nibabel --no-deps -d .wheels`, carried with the run) are unzipped into a temp dir on
-#   PYTHONPATH when the import fails. Without them the training-step rows are reported as skipped.
-# Knobs: GPU_SH_BUDGET_S (whole script, default 400 s), GPU_SH_TESTS_S (tests, default 90 s), GPU_SH_SWEEP_S
-# (kept for the sweep at the end, default 120 s), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this
-# script, where the sweep checks its stand-in plans through Triton's interpreter).
+#   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/
+#   (what the H200 image of 2026-11-27 needed).
+# Knobs: GPU_SH_STEPS (default "tests ncu bench sweep"; ncu: Nsight Compute on the two headline stream kernels,
+# GPU_SH_NCU_S each, default 45 s, into bench.log), GPU_SH_BUDGET_S (whole script, default 480 s), GPU_SH_TESTS_S
+# (tests, default 120 s), GPU_SH_TEST_WORKERS (pytest-xdist workers, default 8), GPU_SH_SWEEP_S (kept for the sweep
+# at the end, default 150 s), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this script, where the
+# sweep checks its stand-in plans through Triton's interpreter).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-TOTAL_S=${GPU_SH_BUDGET_S:-400}
-TESTS_S=${GPU_SH_TESTS_S:-90}
-SWEEP_S=${GPU_SH_SWEEP_S:-120}
+TOTAL_S=${GPU_SH_BUDGET_S:-480}
+TESTS_S=${GPU_SH_TESTS_S:-120}
+SWEEP_S=${GPU_SH_SWEEP_S:-150}
 PRESET=${GPU_SH_PRESET:-paper}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -102,28 +106,58 @@ PYEOF
   echo "PYTHONPATH=$PYTHONPATH"
 } >"$OUT/env.txt" 2>&1
 
+STEPS=${GPU_SH_STEPS:-tests ncu bench sweep}
+TESTS_RC=0
 mapfile -t GPU_FILES < <(grep -l -E "mark\.gpu" tests/test_*.py 2>/dev/null)
-if ((${#GPU_FILES[@]})); then
-  timeout "$TESTS_S" "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_FILES[@]}" >"$OUT/gpu-tests.log" 2>&1
+if [[ $STEPS != *tests* ]]; then
+  echo "tests: not in GPU_SH_STEPS" >"$OUT/gpu-tests.log"
+elif ((${#GPU_FILES[@]})); then
+  # the tests are mostly Triton compiles (CPU-bound): spread them over workers where pytest-xdist is there
+  # (-v: each finished test is named, so a run stopped by the timeout still says which passed)
+  XDIST=(-q)
+  importable xdist && XDIST=(-v -n "${GPU_SH_TEST_WORKERS:-8}")
+  timeout "$TESTS_S" "$PY" -m pytest -m gpu -p no:cacheprovider "${XDIST[@]}" "${GPU_FILES[@]}" >"$OUT/gpu-tests.log" 2>&1
   TESTS_RC=$?
+  ((TESTS_RC == 124)) && echo "gpu.sh: the GPU tests ran past ${TESTS_S} s and were stopped" >>"$OUT/gpu-tests.log"
 else
   echo "no test file uses the gpu marker" >"$OUT/gpu-tests.log"
-  TESTS_RC=0
 fi
-((TESTS_RC == 124)) && echo "gpu.sh: the GPU tests ran past ${TESTS_S} s and were stopped" >>"$OUT/gpu-tests.log"
 
+: >"$OUT/bench.log"
+if [[ $STEPS == *ncu* ]]; then
+  # Nsight Compute on the two headline stream kernels: why they issue at 12-15% of the FMA rate (bench/NOTES.md)
+  NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
+  for dims in 2d 3d; do
+    echo "== ncu: bench.ncu_target $dims" >>"$OUT/bench.log"
+    if [[ -z "$NCU" ]]; then
+      echo "ncu: not found" >>"$OUT/bench.log"
+      continue
+    fi
+    timeout "${GPU_SH_NCU_S:-45}" "$NCU" --clock-control none -k regex:gin_stream_kernel --launch-skip 1 \
+      --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
+      "$PY" -m bench.ncu_target "$dims" >>"$OUT/bench.log" 2>&1
+    echo "== ncu rc $?" >>"$OUT/bench.log"
+  done
+fi
+BENCH_RC=0
+SWEEP_RC=0
+if [[ $STEPS == *bench* ]]; then
 LEFT=$((TOTAL_S - SWEEP_S - SECONDS))
 # the suite stops starting new work at --budget-s; one item (a torch.compile) can take ~60 s more
 timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench --preset "$PRESET" --out "$OUT" --budget-s "$((LEFT > 90 ? LEFT - 75 : 15))" \
-  >"$OUT/bench.log" 2>&1
+  >>"$OUT/bench.log" 2>&1
 BENCH_RC=$?
+fi
 
+if [[ $STEPS == *sweep* ]]; then
 LEFT=$((TOTAL_S - SECONDS))
 # the sweep starts no new case after --budget-s; a case (its compiles and timings) takes up to ~40 s
 echo "== python -m bench.sweep" >>"$OUT/bench.log"
 timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench.sweep --out "$OUT" --budget-s "$((LEFT > 60 ? LEFT - 40 : 10))" \
   >>"$OUT/bench.log" 2>&1
 SWEEP_RC=$?
+fi
 
 MD=$(ls -t "$OUT"/*-"$PRESET".md 2>/dev/null | head -n 1)
 [[ -n "$MD" ]] && cat "$MD"
@@ -131,6 +165,8 @@ echo
 echo "== GPU tests (rc $TESTS_RC): $(tail -n 1 "$OUT/gpu-tests.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -n 20
 echo "== bench (rc $BENCH_RC), sweep (rc $SWEEP_RC): $(grep -E '^wrote ' "$OUT/bench.log" || tail -n 3 "$OUT/bench.log")"
+grep -E "^== ncu|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Compute \(SM\) Throughput|Stall" \
+  "$OUT/bench.log" | head -n 40
 SWEEP_MD=$(ls -t "$OUT"/*-sweep.md 2>/dev/null | head -n 1)
 [[ -n "$SWEEP_MD" ]] && cat "$SWEEP_MD"
 echo "== gpu.sh: ${SECONDS} s, files in $OUT"

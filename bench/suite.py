@@ -82,7 +82,7 @@ def _measure(impl: Impl, case: Case, xs: list[torch.Tensor], params: GINParams, 
 
 def bench_case(case: Case, impls: Sequence[Impl], device: torch.device, preset: str, settings: TimingSettings,
                copy_gb_s: float, deadline: float, seed: int, bar: tqdm) -> list[dict]:
-    """Rows for every implementation on ``case`` (reference first: the speedups are over it)."""
+    """Rows for every implementation in ``impls`` on ``case`` (throughput and speedups: :func:`_derive`)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     xs = [image_like(case, device, gen) for _ in range(timing.rotation_count(case.min_bytes // 2, device))]
     cpu_gen = torch.Generator().manual_seed(seed)
@@ -114,7 +114,6 @@ def bench_case(case: Case, impls: Sequence[Impl], device: torch.device, preset: 
                 torch.cuda.empty_cache()
         rows.append(row)
         bar.update()
-    _derive(rows, copy_gb_s)
     return rows
 
 
@@ -158,8 +157,20 @@ def run_suite(preset: str = "quick", impls: Sequence[str] | None = None, *, devi
     e2e_rows: list[dict] = []
     total = len(cases) * len(chosen) + len(e2e_cases) * (len(chosen) + 1)
     with tqdm(total=total, desc=f"bench {spec.name}", disable=not progress, dynamic_ncols=True) as bar:
-        for case in cases:
-            rows += bench_case(case, chosen, dev, spec.name, settings, copy["gb_s"], case_deadline, seed, bar)
+        # GIN's own light implementations on every case first, then the heavy ones and the comparison methods:
+        # a run cut short by its budget keeps the kernel's rows on every case
+        first = [i for i in chosen if i.reference_check and not i.heavy]
+        by_case: list[list[dict]] = [[] for _ in cases]
+        for group in (first, [i for i in chosen if i not in first]):
+            for n, case in enumerate(cases):
+                if group:
+                    by_case[n] += bench_case(case, group, dev, spec.name, settings, copy["gb_s"], case_deadline, seed,
+                                             bar)
+        order = {i.name: n for n, i in enumerate(chosen)}
+        for case_rows in by_case:
+            case_rows.sort(key=lambda r: order[r["impl"]])
+            _derive(case_rows, copy["gb_s"])
+            rows += case_rows
         for e2e_case in e2e_cases:
             e2e_rows += bench_e2e(e2e_case, chosen, dev, spec.name, settings, deadline, seed, bar)
     report = {

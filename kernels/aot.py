@@ -70,7 +70,8 @@ def _signature(kernel, args: dict, dtype: torch.dtype) -> tuple[dict, dict]:
             sig[name], const[name] = "constexpr", args[name]
         elif name in _FLOATS:
             sig[name] = "fp32"
-        elif args.get(name) == 1:  # as at launch: Triton specializes an integer argument equal to 1 as a constant
+        elif args.get(name) == 1 and not kernel.params[names.index(name)].do_not_specialize:
+            # as at launch: Triton specializes an integer argument equal to 1 as a constant
             sig[name], const[name] = "constexpr", 1
         else:
             sig[name] = "i32"

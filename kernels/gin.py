@@ -131,7 +131,7 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_don
     return done, new_pend
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["view_step"])  # 1 or 2 in GIN-IPA: one compiled kernel serves both
 def gin_stream_kernel(
     x_ptr, out_ptr, prm_ptr, part_ptr, cnt_ptr,
     S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, view_step, slope, eps,

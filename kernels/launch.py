@@ -45,6 +45,7 @@ KERNEL_SIZES = (1, 3, 5)
 IO_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SCALE_BLOCK = 1024
 PBLOCK = 128
+H100_SMS = 132  # streaming multiprocessors of an H100 or H200 SXM: the plan's default (a CUDA call passes its own)
 FINISH_PER_THREAD = 16  # elements a thread a step of the one-launch rescale: 32 spilled in 1- and 2-warp CTAs (ptxas)
 
 
@@ -117,16 +118,35 @@ def live_tiles(channels: int, interm: int, kernel_sizes: tuple[int, ...]) -> int
     return sum(c * k for c, k in zip(couts, kernel_sizes, strict=True))
 
 
+def waves(programs: int, slots: int) -> int:
+    """Rounds of ``slots`` concurrent programs that ``programs`` equal programs take."""
+    return -(-programs // slots)
+
+
+def _stream_chunk(depth: int, tiles_per_chunk: int, halo: int, slots: int) -> int:
+    """The 3D stream chunk (planes a program streams) with the least predicted time: waves of programs times the
+    steps of each (the chunk plus the ``2 * halo`` planes it recomputes). Fit on an H200 (2x3x128³, zc 16/26/32/64):
+    within 3% of the measured ratios (bench/NOTES.md, v1.5). Chunks of at least ``2 * halo`` planes (at most twice
+    the work): the fit has no point beyond that."""
+    counts = sorted({-(-depth // zc) for zc in range(min(max(2 * halo, 1), depth), depth + 1)})
+    best = min(counts, key=lambda n: (waves(n * tiles_per_chunk, slots) * (-(-depth // n) + 2 * halo), n))
+    return -(-depth // best)
+
+
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
-              maxnreg: int | None = None, finish: bool = False) -> Plan:
+              maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 64 columns, 3D up to 32 x 32); 2D
-    streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of up to 32 planes.
+    streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
 
-    Lanes a thread: as many as the registers hold (:func:`live_tiles`; 2D 4, 2 or 1, 3D 2 or 1). One lane a
-    thread in a heavy stack also sets ``maxnreg`` to the most a CTA of the plan can have: without it, ptxas
-    gave such kernels 32 to 64 registers and spilled tens of KB (ptxas for sm_90a, bench/NOTES.md).
+    Lanes a thread: 2, or 1 in a heavy stack (:func:`live_tiles` over 64). 2D used 4 up to v1.4: 2 measured 1.15x
+    faster on an H200 (twice the warps an SM at 128 registers against 208). One lane a thread in a heavy stack also
+    sets ``maxnreg`` to the most a CTA of the plan can have: without it, ptxas gave such kernels 32 to 64
+    registers and spilled tens of KB (ptxas for sm_90a, bench/NOTES.md).
+
+    3D chunks: :func:`_stream_chunk` over ``sms`` streaming multiprocessors, one 16-warp CTA each (ptxas gives
+    the 32 x 32 plan 128 registers a thread: the whole register file), or proportionally more for fewer warps.
 
     The keywords override one choice each (powers of two for ``th``, ``tw``, ``lanes_per_thread``) and the
     grid follows; ``finish`` asks for the one-launch renormalization (module docstring). The plan sweep
@@ -141,21 +161,28 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
         zc = min(zc or 32, h)
         th = th or _pow2_at_least(triton.cdiv(h, zc), 1, 16)
         n_zt, n_pt = triton.cdiv(h, th * zc), 1
-        lanes = 4 if live <= 32 else 2 if live <= 64 else 1
     else:
         _, _, d, h, w = shape
         # 32 x 32 on 16 warps, 2 lanes a thread: 4 lanes a thread spilled (ptxas, sm_90, bench/NOTES.md)
         tw = tw or _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 32)
         th = th or _pow2_at_least(h + 2 * halo, max(8, triton.next_power_of_2(2 * halo + 4)), 32)
-        zc = min(zc or 32, d)
-        n_zt, n_pt = triton.cdiv(d, zc), triton.cdiv(h, max(th - 2 * halo, 1))
-        lanes = 2 if live <= 64 else 1
+        n_pt = triton.cdiv(h, max(th - 2 * halo, 1))
     n_wt = triton.cdiv(w, max(tw - 2 * halo, 1))
-    lanes_per_thread = lanes_per_thread or lanes
+    lanes_per_thread = lanes_per_thread or (2 if live <= 64 else 1)
     num_warps = max(1, min(16, th * tw // (32 * lanes_per_thread)))
+    if not bands:
+        slots = sms * max(1, 16 // num_warps)
+        zc = min(zc or _stream_chunk(d, shape[0] * n_pt * n_wt, sum(k // 2 for k in kernel_sizes), slots), d)
+        n_zt = triton.cdiv(d, zc)
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
         maxnreg = min(255, 65536 // (32 * num_warps))
     return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish)
+
+
+@functools.cache
+def _sm_count(index: int | None) -> int:
+    props = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)
+    return props.multi_processor_count
 
 
 @functools.cache
@@ -223,7 +250,8 @@ def _check_plan(plan: Plan, shape: Sequence[int], kernel_sizes: Sequence[int]) -
 
 
 def _plan_for(x: Tensor, params, plan: Plan | None) -> Plan:
-    plan = plan or make_plan(tuple(x.shape), tuple(params.kernel_sizes), params.config.interm_channels)
+    plan = plan or make_plan(tuple(x.shape), tuple(params.kernel_sizes), params.config.interm_channels,
+                             sms=_sm_count(x.device.index) if x.is_cuda else H100_SMS)
     _check_plan(plan, x.shape, params.kernel_sizes)
     return plan
 

@@ -114,3 +114,32 @@ def test_fedgin_bench_command_lists():
     parser = argparse.ArgumentParser()
     bench_command.add_arguments(parser)
     assert bench_command.HELP and bench_command.run(parser.parse_args(["--list"])) == 0
+
+
+def test_light_gin_rows_run_on_every_case_before_the_others(monkeypatch):
+    calls = []
+
+    def recorded(name, scale):
+        def prepare(case, device):
+            calls.append((name, case.label))
+            return lambda x, params: reference_apply(x, params) * scale
+        return prepare
+
+    monkeypatch.setitem(IMPLEMENTATIONS, "light", Impl("light", "GIN, checked", recorded("light", 1)))
+    monkeypatch.setitem(IMPLEMENTATIONS, "other", Impl("other", "not GIN", recorded("other", 2),
+                                                       reference_check=False))
+    report = run_suite("quick", ["other", "light"], max_cases=2, e2e=False, progress=False)
+    labels = [c.label for c in PRESETS["quick"].cases[:2]]
+    assert calls == [("light", labels[0]), ("light", labels[1]), ("other", labels[0]), ("other", labels[1])]
+    rows = report["rows"]
+    assert [(r["case"], r["impl"]) for r in rows] == [(c, i) for c in labels for i in ("reference", "other", "light")]
+    assert all(r["status"] == "ok" and r["speedup"] > 0 for r in rows)
+
+
+def test_ncu_target_names_its_cases_and_needs_a_gpu(capsys):
+    from fedgin.bench import ncu_target
+
+    assert ncu_target.main([]) == 2 and ncu_target.main(["4d"]) == 2
+    assert "usage: python -m bench.ncu_target 2d|3d" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert ncu_target.main(["2d"]) == 1 and "needs a CUDA device" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fedgin import GIN, GINParams, gin, gin_apply, make_config, reference_apply
+from fedgin import GIN, GINParams, gin, gin_apply, make_config, reference_apply, warm_up
 
 
 def gen(seed):
@@ -178,3 +178,29 @@ def test_triton_backend_rejects_float64():
 def test_module_rejects_an_input_that_requires_grad():
     with pytest.raises(ValueError, match="does not require grad"):
         GIN()(image((1, 3, 4, 4)).requires_grad_(True))
+
+
+def test_warm_up_runs_every_kernel_size_tuple_a_draw_can_pick(monkeypatch):
+    import itertools
+
+    import fedgin.kernels
+
+    seen = []
+
+    def fake_fused(x, params):  # what the Triton backend is handed: one call a tuple, on the whole batch
+        seen.append((tuple(params.kernel_sizes), x.shape[0]))
+        return x.clone()
+
+    monkeypatch.setattr(fedgin.kernels, "gin_fused", fake_fused)
+    x = torch.rand(3, 2, 9, 11)
+    assert warm_up(x, backend="triton") == 16
+    assert seen == [(ks, 3) for ks in itertools.product((1, 3), repeat=4)]
+    seen.clear()
+    assert warm_up(x, backend="triton", n_layers=3, kernel_sizes=(1, 3, 5)) == 27 and len(set(seen)) == 27
+    seen.clear()
+    assert warm_up(x, backend="triton", layer_kernel_sizes=(3, 1, 1, 3)) == 1 and seen == [((3, 1, 1, 3), 3)]
+    assert warm_up(torch.rand(1, 1, 4, 5, 6), backend="reference", kernel_sizes=(3,)) == 1
+    with pytest.raises(ValueError, match="empty batch"):
+        warm_up(torch.rand(0, 1, 5, 5))
+    with pytest.raises(ValueError, match="unknown GIN option"):
+        warm_up(x, kernel_size=3)

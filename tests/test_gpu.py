@@ -61,7 +61,7 @@ def test_deterministic_and_same_as_reference_backend():
 @pytest.mark.parametrize("shape,kernel_sizes", [
     ((32, 3, 192, 192), ((3, 3, 3, 3), (1, 3, 1, 3), (3, 3, 3, 3))),  # two launches, draws 0 and 2 in one
     ((2, 3, 128, 128, 128), ((3, 3, 3, 3),) * 3),  # one launch
-])  # the plans of CASES: only the view_step 2 launch compiles anew
+])  # the plans of CASES: nothing compiles anew (view_step is not specialized)
 def test_gin_ipa_views_match_float64_on_gpu(shape, kernel_sizes, dtype):
     draws = [draw(shape, ks, seed=i, device="cuda") for i, ks in enumerate(kernel_sizes)]
     x = image_like(shape, dtype, seed=7, device="cuda")
