@@ -131,13 +131,31 @@ class GINParams:
             w = torch.randn(shape, generator=generator, device=gen_device)
             b = torch.randn((n_nets, cout), generator=generator, device=gen_device)
             ks.append(k)
-            ws.append(w.expand(batch, *shape[1:]))
-            bs.append(b.expand(batch, cout))
+            ws.append(w)
+            bs.append(b)
         alphas = torch.rand((batch,), generator=generator, device=gen_device)
         dev = torch.device(device) if device is not None else gen_device
-        return cls(tuple(ks), [w.to(dev) for w in ws], [b.to(dev) for b in bs], alphas.to(dev), cfg)
+        *moved, alphas = to_device([*ws, *bs, alphas], dev)
+        ws, bs = moved[:len(ws)], moved[len(ws):]
+        return cls(tuple(ks), [w.expand(batch, *w.shape[1:]) for w in ws], [b.expand(batch, -1) for b in bs],
+                   alphas, cfg)
 
     def to(self, device: torch.device | str) -> GINParams:
         """The same draw on another device."""
-        return replace(self, weights=[w.to(device) for w in self.weights],
-                       biases=[b.to(device) for b in self.biases], alphas=self.alphas.to(device))
+        n = len(self.weights)
+        *moved, alphas = to_device([*self.weights, *self.biases, self.alphas], torch.device(device))
+        return replace(self, weights=moved[:n], biases=moved[n:], alphas=alphas)
+
+
+def to_device(parts: list[Tensor], device: torch.device) -> list[Tensor]:
+    """``parts`` (tensors of one dtype) on ``device`` in one copy: packed into one buffer, pinned and copied without
+    blocking the host when it goes from the CPU to a GPU, unpacked as views. A copy per tensor from pageable memory
+    blocks the host until the GPU's queue reaches it, a stall per tensor in a training loop (bench/NOTES.md, v1.5)."""
+    if all(p.device == device for p in parts):
+        return parts
+    flat = torch.cat([p.reshape(-1) for p in parts])
+    if flat.device.type == "cpu" and device.type == "cuda":
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    else:
+        flat = flat.to(device)
+    return [v.view(p.shape) for v, p in zip(flat.split([p.numel() for p in parts]), parts, strict=True)]

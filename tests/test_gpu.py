@@ -111,3 +111,18 @@ def test_past_2_pow_31_elements():
     ref = reference_apply(x[last].float(), p_last)
     err = float((out[last].float() - ref).norm() / ref.norm())
     assert not torch.isnan(out[last]).any() and err <= TOL[BF16]
+
+
+def test_a_draw_sent_to_the_gpu_in_one_async_copy_is_the_cpu_draw():
+    """``GINParams.draw_config`` packs a draw into one pinned buffer and copies it without blocking: each draw on
+    the GPU must equal the same seed's CPU draw, also while later draws reuse the pinned memory."""
+    from fedgin import GINParams
+
+    on_gpu = [GINParams.draw(4, spatial_dims=3, device="cuda", generator=torch.Generator().manual_seed(s))
+              for s in range(8)]
+    torch.cuda.synchronize()
+    for s, p in enumerate(on_gpu):
+        cpu = GINParams.draw(4, spatial_dims=3, generator=torch.Generator().manual_seed(s))
+        assert p.kernel_sizes == cpu.kernel_sizes and torch.equal(p.alphas.cpu(), cpu.alphas)
+        for got, want in zip([*p.weights, *p.biases], [*cpu.weights, *cpu.biases], strict=True):
+            assert got.is_cuda and torch.equal(got.cpu(), want)

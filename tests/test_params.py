@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from fedgin import GINConfig, GINParams
+from fedgin.params import to_device
 
 
 def gen(seed):
@@ -132,3 +133,17 @@ def test_layer_kernel_sizes_fix_every_layer():
         GINParams.draw(1, n_layers=4, layer_kernel_sizes=(3, 3))
     with pytest.raises(ValueError, match="odd and positive"):
         GINParams.draw(1, n_layers=2, layer_kernel_sizes=(3, 2))
+
+
+def test_a_draw_for_another_device_travels_as_one_packed_buffer():
+    gen = torch.Generator().manual_seed(3)
+    p = GINParams.draw(5, in_channels=2, spatial_dims=3, per_sample=False, device="meta", generator=gen)
+    cpu = GINParams.draw(5, in_channels=2, spatial_dims=3, per_sample=False, generator=torch.Generator().manual_seed(3))
+    parts = [*p.weights, *p.biases]
+    assert all(t.device.type == "meta" for t in [*parts, p.alphas])
+    assert [t.shape for t in parts] == [t.shape for t in [*cpu.weights, *cpu.biases]]
+    assert all(t.stride(0) == 0 for t in parts)  # one network for the batch: still an expanded view, not 5 copies
+    moved = to_device([torch.arange(6.0).reshape(2, 3), torch.arange(2.0)], torch.device("meta"))
+    assert [m.shape for m in moved] == [(2, 3), (2,)]
+    same = [torch.ones(2)]
+    assert to_device(same, torch.device("cpu")) is same  # already there: nothing copied
