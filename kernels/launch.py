@@ -152,6 +152,12 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     grid follows; ``finish`` asks for the one-launch renormalization (module docstring). The plan sweep
     (``python -m bench.sweep``) measures the alternatives on a GPU.
     """
+    return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms)
+
+
+@functools.lru_cache(maxsize=256)  # a training loop calls with a handful of shapes: plan each once
+def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
+               zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4

@@ -108,6 +108,7 @@ def test_the_3d_chunk_model_orders_the_chunks_as_the_h200_measured_them():
 
 def test_3d_chunks_follow_the_sm_count_and_bound_the_recomputed_halo():
     shape, ks = (2, 3, 128, 128, 128), (3, 3, 3, 3)
+    assert make_plan(list(shape), list(ks), 2) is make_plan(shape, ks, 2)  # planned once, any sequence type
     assert make_plan(shape, ks, 2, sms=100).zc == 64  # 100 SMs: one wave of 100 programs of 70 steps
     assert make_plan(shape, ks, 2, sms=50).zc == 128  # 50 SMs: one wave of whole-depth programs
     for shape in ((1, 1, 32, 32, 32), (1, 1, 5, 40, 40), (2, 4, 64, 64, 64)):
