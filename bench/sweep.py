@@ -43,9 +43,10 @@ Candidates = tuple[dict, ...]
 # (case, candidate overrides); the default plan first. Ordered by importance: the budget cuts the tail.
 GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
     (Case(64, 3, (256, 256)), (
-        {}, {"lanes_per_thread": 4}, {"tw": 32}, {"th": 4}, {"tw": 32, "th": 16, "zc": 16}, {"zc": 16, "th": 16},
-        {"finish": True}, {"lanes_per_thread": 1}, {"tw": 128})),
-    (Case(2, 3, (128,) * 3), ({}, {"zc": 32}, {"zc": 64}, {"zc": 16}, {"th": 16})),
+        {}, {"wvec": 4}, {"wvec": 4, "maxnreg": 128}, {"lanes_per_thread": 4}, {"tw": 32}, {"th": 4},
+        {"tw": 32, "th": 16, "zc": 16}, {"zc": 16, "th": 16}, {"finish": True}, {"lanes_per_thread": 1},
+        {"tw": 128})),
+    (Case(2, 3, (128,) * 3), ({}, {"wvec": 4}, {"zc": 32}, {"zc": 64}, {"zc": 16}, {"th": 16})),
     (Case(4, 1, (96,) * 3), ({}, {"zc": 32}, {"zc": 24}, {"zc": 96})),  # v1.5's chunk model predicts zc 48 1.4x zc 32
     (Case(16, 4, (128, 128), kernel_sizes=K3X8, interm=8), (
         {}, {"th": 1, "tw": 32}, {"th": 1, "tw": 64}, {"th": 2, "tw": 32})),

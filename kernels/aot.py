@@ -94,11 +94,13 @@ def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan
     the ptxas register/spill report."""
     params = _Shape(tuple(kernel_sizes), channels, interm)
     plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm, finish=mode == int(gin.STORE_FINISH))
-    # prm_stride: any value but 1, which would be specialized as a constant
-    args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 2}
+    # prm_stride: a multiple of 16 (pack_params), which a launch specializes on as it does on aligned pointers
+    args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 16}
     sig, const = _signature(gin.gin_stream_kernel, args, dtype)
     options = {k: args[k] for k in LAUNCH_OPTIONS if k in args}
-    compiled = triton.compile(ASTSource(gin.gin_stream_kernel, sig, const), target=TARGET, options=options)
+    names = gin.gin_stream_kernel.arg_names
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n == "prm_stride"}
+    compiled = triton.compile(ASTSource(gin.gin_stream_kernel, sig, const, attrs), target=TARGET, options=options)
     return f"{plan} | {_ptxas_report(compiled.asm['ptx'])}"
 
 
@@ -119,10 +121,13 @@ def main() -> int:
         scaled = dtype == torch.float16  # as gin_ipa_fused launches it
         print(f"ipa {dtype}: {compile_pass(gin.gin_ipa_kernel, dtype, SCALED=scaled)}")
     for shape, ks, dtype, c, m in specializations():
-        for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True)):
-            label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode}"
+        modes = [(mode, 1) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
+        modes.append((stream_modes(dtype)[0], 4))  # the weights 4 at a time (the sweep's candidate)
+        for mode, wvec in modes:
+            label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} wvec={wvec}"
+            plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), wvec=wvec)
             try:
-                print(f"{label}: {compile_stream(shape, ks, dtype, c, m, mode)}", flush=True)
+                print(f"{label}: {compile_stream(shape, ks, dtype, c, m, mode, plan)}", flush=True)
             except Exception as err:  # report every failing specialization, then fail
                 failures += 1
                 print(f"{label}: FAILED {type(err).__name__}: {err}", flush=True)

@@ -75,28 +75,40 @@ def _shift(t, dp: tl.constexpr, dw: tl.constexpr, TH: tl.constexpr, TW: tl.const
 
 
 @triton.jit
-def _scatter(acc, v, w_ptr, CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-             ci: tl.constexpr, dpi: tl.constexpr, dwi: tl.constexpr):
-    """Add one shifted input plane ``v`` to all ``COUT x K`` accumulators (weights [COUT, CIN, K, KP, K])."""
+def _scatter(acc, v, g_ptr, COUT: tl.constexpr, K: tl.constexpr, WVEC: tl.constexpr):
+    """Add one shifted input plane ``v`` to all ``COUT x K`` accumulators; ``g_ptr``: the plane's weight group
+    (``acc[co * K + m]``'s weight at ``g_ptr + co * K + m``; COUT x K padded to a multiple of 4, 16-byte aligned).
+    ``WVEC`` 4: 128-bit loads of four weights, one load instruction instead of four (bench/NOTES.md, v1.6)."""
+    G: tl.constexpr = COUT * K
+    ws = ()
+    if WVEC == 4:
+        for q in tl.static_range((G + 3) // 4):
+            a, b = tl.split(tl.reshape(tl.load(g_ptr + 4 * q + tl.arange(0, 4)), (2, 2)))
+            a0, a1 = tl.split(a)
+            b0, b1 = tl.split(b)
+            ws = ws + (a0, b0, a1, b1)
+    else:
+        for i in tl.static_range(G):
+            ws = ws + (tl.load(g_ptr + i),)
     new = ()
-    for co in tl.static_range(COUT):
-        for m in tl.static_range(K):
-            w = tl.load(w_ptr + (((co * CIN + ci) * K + (K - 1 - m)) * KP + dpi) * K + dwi)
-            new = new + (acc[co * K + m] + w * v,)
+    for i in tl.static_range(G):
+        new = new + (acc[i] + ws[i] * v,)
     return new
 
 
 @triton.jit
 def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_done_ok, slope,
            CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
-           LAST: tl.constexpr, W, TH: tl.constexpr, TW: tl.constexpr):
+           LAST: tl.constexpr, W, TH: tl.constexpr, TW: tl.constexpr, WVEC: tl.constexpr):
     """One layer's step: scatter the arriving plane, return (the completed plane, the new pending planes).
 
     ``cur``: the arriving plane (CIN tensors), unused for the first layer, which loads the input at
-    offsets ``xoff`` instead. Weights at ``w_ptr`` ([COUT, CIN, K, KP, K]), then the COUT biases.
+    offsets ``xoff`` instead. Weights at ``w_ptr``: one group (:func:`_scatter`) per (input channel, tap along P,
+    tap along W), then the COUT biases (see :func:`fedgin.kernels.launch.pack_params`).
     """
     R: tl.constexpr = K // 2
     RP: tl.constexpr = KP // 2
+    GP: tl.constexpr = (COUT * K + 3) // 4 * 4  # a weight group: COUT x K padded to 16 bytes
     acc = ()
     for co in tl.static_range(COUT):
         for m in tl.static_range(K):
@@ -116,8 +128,8 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_don
                     v = tl.load(x_ptr + N * ci + (xoff + (dp * W + dw)), mask=ok, other=0.0).to(tl.float32)
                 else:
                     v = _shift(vw, dpi - RP, 0, TH, TW)
-                acc = _scatter(acc, v, w_ptr, CIN, COUT, K, KP, ci, dpi, dwi)
-    b_ptr = w_ptr + COUT * CIN * K * KP * K
+                acc = _scatter(acc, v, w_ptr + ((ci * KP + dpi) * K + dwi) * GP, COUT, K, WVEC)
+    b_ptr = w_ptr + CIN * KP * K * GP
     done = ()
     new_pend = ()
     for co in tl.static_range(COUT):
@@ -137,7 +149,7 @@ def gin_stream_kernel(
     S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, view_step, slope, eps,
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
-    FBLOCK: tl.constexpr,
+    FBLOCK: tl.constexpr, WVEC: tl.constexpr,
 ):
     """GIN over one tile of one sample; grid ``(n_tiles, B, V)``. See the module docstring.
 
@@ -150,8 +162,10 @@ def gin_stream_kernel(
     ``KPS``: along P (``KS`` in 3D, all 1 in 2D).
     ``RS``: sum of the radii (the halo along S); ``RH``: the in-plane halo (``RS`` less the first
     layer's radius: that layer reads true neighbours from memory). ``BANDS``: 2D band layout. Parameters per sample
-    (``prm_stride`` floats): per layer weights [COUT, CIN, K, KP, K] and biases, then alpha. ``cnt_ptr``: int32
-    per row, zero at launch, and ``FBLOCK``: elements a step of the finishing program's rescale (``STORE_FINISH`` only).
+    (``prm_stride`` floats, a multiple of 16): per layer its weight groups and biases
+    (:func:`fedgin.kernels.launch.pack_params`), alpha last. ``cnt_ptr``: int32 per row, zero at launch, and
+    ``FBLOCK``: elements a step of the finishing program's rescale (``STORE_FINISH`` only). ``WVEC``: weights
+    loaded 4 at a time (4) or one by one (1).
     """
     L: tl.constexpr = len(KS)
     C: tl.constexpr = CH[0]
@@ -217,7 +231,7 @@ def gin_stream_kernel(
             w_ptr = p_b + OFF[l]
             cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok,
                              (zd >= 0) & (zd < S), slope, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1,
-                             W, TH, TW)
+                             W, TH, TW, WVEC)
             new_pend = new_pend + (lp,)
         pend = new_pend
         # zd == z - RS: the output plane that just completed

@@ -63,6 +63,7 @@ class Plan:
     num_warps: int
     maxnreg: int | None = None  # ptxas register cap per thread (None: ptxas chooses)
     finish: bool = False  # one launch: each sample's last program rescales it (not for float16 output)
+    wvec: int = 1  # weights loaded one by one, or 4 at a time (128-bit loads; v1.6 candidate, unmeasured)
 
     @property
     def n_tiles(self) -> int:
@@ -96,13 +97,28 @@ def unsupported_reason(x: Tensor, params) -> str | None:
     return None
 
 
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
 def pack_params(params, spatial_dims: int) -> Tensor:
-    """Per sample, one float32 row: per layer weights as [COUT, CIN, K, KP, K] and biases, then alpha."""
+    """Per sample, one float32 row of a multiple of 16 floats (so rows stay 64-byte aligned and Triton knows it).
+
+    Per layer: one group per (input channel, tap along P, tap along W), in that order, holding the COUT x K
+    weights of the taps along S as ``[co, m]`` (accumulator ``m`` takes tap ``K - 1 - m``: the stream scatters),
+    padded to a multiple of 4 (16 bytes: :func:`.gin._scatter` can load them 4 at a time); then the biases,
+    padded to 4. Alpha is the row's last float.
+    """
     rows = []
     for w, b in zip(params.weights, params.biases, strict=True):
         if spatial_dims == 2:  # [B, co, ci, kh, kw]: H streams, no conv along the unit P axis
             w = w.unsqueeze(4)
-        rows += [w.reshape(w.shape[0], -1), b]
+        bsz, cout, cin, k, kp, _ = w.shape
+        groups = w.flip(3).permute(0, 2, 4, 5, 1, 3).reshape(bsz, cin * kp * k, cout * k)
+        rows += [torch.nn.functional.pad(groups, (0, _round_up(cout * k, 4) - cout * k)).reshape(bsz, -1),
+                 torch.nn.functional.pad(b, (0, _round_up(cout, 4) - cout))]
+    width = sum(r.shape[1] for r in rows) + 1
+    rows.append(params.alphas.new_zeros(params.alphas.shape[0], _round_up(width, 16) - width))
     rows.append(params.alphas.reshape(-1, 1))
     return torch.cat([r.to(torch.float32) for r in rows], dim=1).contiguous()
 
@@ -135,7 +151,7 @@ def _stream_chunk(depth: int, tiles_per_chunk: int, halo: int, slots: int) -> in
 
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
-              maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS) -> Plan:
+              maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int = 1) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 64 columns, 3D up to 32 x 32); 2D
     streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
@@ -149,15 +165,20 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     the 32 x 32 plan 128 registers a thread: the whole register file), or proportionally more for fewer warps.
 
     The keywords override one choice each (powers of two for ``th``, ``tw``, ``lanes_per_thread``) and the
-    grid follows; ``finish`` asks for the one-launch renormalization (module docstring). The plan sweep
+    grid follows; ``finish`` asks for the one-launch renormalization (module docstring); ``wvec=4`` loads the
+    weights 4 at a time (a quarter of the weight-load instructions, more registers: bench/NOTES.md, v1.6). The sweep
     (``python -m bench.sweep``) measures the alternatives on a GPU.
     """
-    return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms)
+    if wvec not in (1, 4):
+        raise ValueError(f"wvec must be 1 or 4, got {wvec}")
+    return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
+                      wvec)
 
 
 @functools.lru_cache(maxsize=256)  # a training loop calls with a handful of shapes: plan each once
 def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
-               zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int) -> Plan:
+               zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int,
+               wvec: int) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
@@ -182,7 +203,7 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
         n_zt = triton.cdiv(d, zc)
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
         maxnreg = min(255, 65536 // (32 * num_warps))
-    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish)
+    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec)
 
 
 @functools.cache
@@ -221,14 +242,15 @@ def stream_args(x: Tensor, params, plan: Plan) -> dict:
     ch = [layers[0][0]] + [cout for _, cout in layers]
     off = [0]
     for (cin, cout), k, kp in zip(layers, ks, kps, strict=True):
-        off.append(off[-1] + cout * cin * k * kp * k + cout)
+        off.append(off[-1] + cin * kp * k * _round_up(cout * k, 4) + _round_up(cout, 4))
     return dict(
         S=s, P=p, W=w, zc=plan.zc, n_steps=plan.zc + 2 * rs, n_wt=plan.n_wt, n_pt=plan.n_pt,
         n_tiles=plan.n_tiles, view_step=1, slope=float(params.config.slope),
         eps=float(params.config.eps),
         CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
-        TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, num_warps=plan.num_warps,
+        TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
+        num_warps=plan.num_warps,
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
     )
 

@@ -11,7 +11,7 @@ import triton.language as tl
 from fedgin import gin_apply
 from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.gin import sample_base
-from fedgin.kernels.launch import Plan
+from fedgin.kernels.launch import Plan, pack_params
 
 from kernel_cases import TOL, assert_plan_covers, count_launches, draw, image_like, rel_error
 
@@ -75,6 +75,33 @@ def test_one_launch_renormalizes_in_the_last_program(monkeypatch, shape, ks, dty
     out = _run(x, params, plan)
     assert launched == ["gin_stream_kernel"] * (2 if dtype == F16 else 1)
     assert rel_error(out, x, params) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("shape,ks,interm,dtype", [
+    ((2, 3, 11, 13), (3, 1, 5), 2, F32),  # 2D: weight groups of 6, 2 and 10, padded to 8, 4 and 12
+    ((1, 1, 4, 6, 5), (1, 3), 1, BF16),  # 3D: groups of 1 and 3, padded to 4
+])
+def test_weights_four_at_a_time_give_the_same_output(shape, ks, interm, dtype):
+    """``wvec=4`` (128-bit weight loads, split into scalars) against one by one: the same bits."""
+    params = draw(shape, ks, interm, seed=3)
+    x = image_like(shape, dtype, seed=4)
+    one, four = (_run(x, params, make_plan(shape, ks, interm, wvec=w)) for w in (1, 4))
+    assert not torch.isnan(four).any() and torch.equal(one, four)
+    assert rel_error(four, x, params) <= TOL[dtype]
+
+
+def test_packed_rows_are_aligned_groups_with_alpha_last():
+    params = draw((3, 2, 5, 5), (3, 1, 5), 2, seed=1)
+    rows = pack_params(params, 2)
+    # layer 0: 2 channels x 3 taps along W, groups of 2 x 3 padded to 8, biases 2 -> 4; layer 1: 2 x 1 x (2 -> 4)
+    # + 4; layer 2: 2 x 5 x (2 x 5 -> 12) + 4; alpha: 52 + 12 + 124 + 1 = 189 -> 192
+    assert rows.shape == (3, 192) and rows.shape[1] % 16 == 0 and torch.equal(rows[:, -1], params.alphas)
+    w0 = params.weights[0]  # [B, co, ci, kh, kw]: group (ci 1, kw 2) holds [co, m] = w[co, 1, 2 - m, 2]
+    assert torch.equal(rows[:, 5 * 8:5 * 8 + 6].reshape(3, 2, 3), w0[:, :, 1, :, 2].flip(2))
+    assert torch.equal(rows[:, 5 * 8 + 6:6 * 8], torch.zeros(3, 2))
+    assert torch.equal(rows[:, 48:50], params.biases[0])
+    with pytest.raises(ValueError, match="wvec must be 1 or 4"):
+        make_plan((1, 1, 8, 8), (3, 3), 2, wvec=2)
 
 
 def test_one_network_for_the_batch():
