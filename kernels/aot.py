@@ -24,7 +24,7 @@ from .launch import PBLOCK, SCALE_BLOCK, Plan, make_plan, stream_args, stream_mo
 TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _FLOATS = ("slope", "eps")
-LAUNCH_OPTIONS = ("num_warps", "maxnreg")  # compile options among the launch arguments of stream_args
+LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
 
 
 class _Shape:
@@ -121,12 +121,16 @@ def main() -> int:
         scaled = dtype == torch.float16  # as gin_ipa_fused launches it
         print(f"ipa {dtype}: {compile_pass(gin.gin_ipa_kernel, dtype, SCALED=scaled)}")
     for shape, ks, dtype, c, m in specializations():
-        modes = [(mode, 1) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
+        modes = [(mode, 1, False) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
         if shape in ((2, 3, 512, 300), (2, 3, 16, 128, 128)) and dtype == torch.float32:  # the default tiles
-            modes.append((stream_modes(dtype)[0], 4))  # the weights 4 at a time (the sweep's candidate)
-        for mode, wvec in modes:
-            label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} wvec={wvec}"
-            plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), wvec=wvec)
+            modes.append((stream_modes(dtype)[0], 4, False))  # the sweep's candidates: weights 4 at a time,
+            if len(shape) == 5:
+                modes += [(stream_modes(dtype)[0], 1, True), (stream_modes(dtype)[0], 4, True)]  # 3D scratch
+        if len(shape) == 5 and dtype != torch.float32:
+            modes += [(mode, 1, True) for mode in stream_modes(dtype)]  # 3D scratch in bf16 and both fp16 passes
+        for mode, wvec, scratch in modes:
+            label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} wvec={wvec} scratch={scratch}"
+            plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), wvec=wvec, scratch=scratch)
             try:
                 print(f"{label}: {compile_stream(shape, ks, dtype, c, m, mode, plan)}", flush=True)
             except Exception as err:  # report every failing specialization, then fail

@@ -97,14 +97,17 @@ def _scatter(acc, v, g_ptr, COUT: tl.constexpr, K: tl.constexpr, WVEC: tl.conste
 
 
 @triton.jit
-def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_done_ok, slope,
+def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_done_ok, slope, s_ptr, tile_off,
            CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
-           LAST: tl.constexpr, W, TH: tl.constexpr, TW: tl.constexpr, WVEC: tl.constexpr):
+           LAST: tl.constexpr, W, TH: tl.constexpr, TW: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr):
     """One layer's step: scatter the arriving plane, return (the completed plane, the new pending planes).
 
     ``cur``: the arriving plane (CIN tensors), unused for the first layer, which loads the input at
     offsets ``xoff`` instead. Weights at ``w_ptr``: one group (:func:`_scatter`) per (input channel, tap along P,
-    tap along W), then the COUT biases (see :func:`fedgin.kernels.launch.pack_params`).
+    tap along W), then the COUT biases (see :func:`fedgin.kernels.launch.pack_params`). ``SCRATCH``: later
+    layers take their in-plane neighbours from the program's scratch at ``s_ptr`` (the plane stored at the lanes'
+    ``tile_off``, then read back shifted: two barriers a layer) instead of ``tl.gather``; a lane at the tile's
+    edge reads a neighbouring row's or program's value, which, like the clamped gather's, only reaches halo lanes.
     """
     R: tl.constexpr = K // 2
     RP: tl.constexpr = KP // 2
@@ -116,9 +119,15 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_don
                 acc = acc + (pend[co * (K - 1) + m],)
             else:
                 acc = acc + (tl.full((TH, TW), 0.0, tl.float32),)
+    USE_SCRATCH: tl.constexpr = SCRATCH and not FIRST
+    if USE_SCRATCH:
+        tl.debug_barrier()  # every lane has read the scratch's last plane
+        for ci in tl.static_range(CIN):
+            tl.store(s_ptr + ci * TH * TW + tile_off, cur[ci])
+        tl.debug_barrier()  # and the new one is all there
     for ci in tl.static_range(CIN):
         for dwi in tl.static_range(K):
-            if not FIRST:
+            if not FIRST and not USE_SCRATCH:
                 vw = _shift(cur[ci], 0, dwi - R, TH, TW)
             for dpi in tl.static_range(KP):
                 if FIRST:
@@ -126,6 +135,11 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_don
                     dw = dwi - R
                     ok = zok & (prow + dp >= 0) & (prow + dp < P) & (cols + dw >= 0) & (cols + dw < W)
                     v = tl.load(x_ptr + N * ci + (xoff + (dp * W + dw)), mask=ok, other=0.0).to(tl.float32)
+                elif USE_SCRATCH:
+                    if dpi == RP and dwi == R:
+                        v = cur[ci]
+                    else:
+                        v = tl.load(s_ptr + ci * TH * TW + tile_off + ((dpi - RP) * TW + (dwi - R)))
                 else:
                     v = _shift(vw, dpi - RP, 0, TH, TW)
                 acc = _scatter(acc, v, w_ptr + ((ci * KP + dpi) * K + dwi) * GP, COUT, K, WVEC)
@@ -145,11 +159,11 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_don
 
 @triton.jit(do_not_specialize=["view_step"])  # 1 or 2 in GIN-IPA: one compiled kernel serves both
 def gin_stream_kernel(
-    x_ptr, out_ptr, prm_ptr, part_ptr, cnt_ptr,
+    x_ptr, out_ptr, prm_ptr, part_ptr, cnt_ptr, scr_ptr,
     S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, view_step, slope, eps,
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
-    FBLOCK: tl.constexpr, WVEC: tl.constexpr,
+    FBLOCK: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr, GUARD: tl.constexpr,
 ):
     """GIN over one tile of one sample; grid ``(n_tiles, B, V)``. See the module docstring.
 
@@ -165,7 +179,8 @@ def gin_stream_kernel(
     (``prm_stride`` floats, a multiple of 16): per layer its weight groups and biases
     (:func:`fedgin.kernels.launch.pack_params`), alpha last. ``cnt_ptr``: int32 per row, zero at launch, and
     ``FBLOCK``: elements a step of the finishing program's rescale (``STORE_FINISH`` only). ``WVEC``: weights
-    loaded 4 at a time (4) or one by one (1).
+    loaded 4 at a time (4) or one by one (1). ``SCRATCH`` (3D): in-plane shifts of the later layers through
+    ``scr_ptr``, ``M x TH x TW`` floats a program after ``GUARD`` floats (see :func:`_layer`).
     """
     L: tl.constexpr = len(KS)
     C: tl.constexpr = CH[0]
@@ -203,6 +218,8 @@ def gin_stream_kernel(
     x_b = x_ptr + sample_base(b, 0, C, N)
     o_b = out_ptr + sample_base(v * view_step * tl.num_programs(1) + b, 0, C, N)
     p_b = prm_ptr + row.to(tl.int64) * prm_stride
+    s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * (CH[1] * TH * TW)
+    tile_off = rows * TW + tl.arange(0, TW)[None, :]
     alpha = tl.load(p_b + prm_stride - 1)
 
     scale = 1.0
@@ -230,8 +247,8 @@ def gin_stream_kernel(
             zd = zd - KS[l] // 2  # coordinate of the plane this layer completes
             w_ptr = p_b + OFF[l]
             cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok,
-                             (zd >= 0) & (zd < S), slope, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1,
-                             W, TH, TW, WVEC)
+                             (zd >= 0) & (zd < S), slope, s_b, tile_off, CH[l], CH[l + 1], KS[l], KPS[l], l == 0,
+                             l == L - 1, W, TH, TW, WVEC, SCRATCH)
             new_pend = new_pend + (lp,)
         pend = new_pend
         # zd == z - RS: the output plane that just completed

@@ -64,6 +64,7 @@ class Plan:
     maxnreg: int | None = None  # ptxas register cap per thread (None: ptxas chooses)
     finish: bool = False  # one launch: each sample's last program rescales it (not for float16 output)
     wvec: int = 1  # weights loaded one by one, or 4 at a time (128-bit loads; v1.6 candidate, unmeasured)
+    scratch: bool = False  # 3D: later layers' in-plane shifts through a per-program scratch (v1.6 candidate)
 
     @property
     def n_tiles(self) -> int:
@@ -151,7 +152,8 @@ def _stream_chunk(depth: int, tiles_per_chunk: int, halo: int, slots: int) -> in
 
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
-              maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int = 1) -> Plan:
+              maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int = 1,
+              scratch: bool = False) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 64 columns, 3D up to 32 x 32); 2D
     streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
@@ -166,19 +168,20 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
 
     The keywords override one choice each (powers of two for ``th``, ``tw``, ``lanes_per_thread``) and the
     grid follows; ``finish`` asks for the one-launch renormalization (module docstring); ``wvec=4`` loads the
-    weights 4 at a time (a quarter of the weight-load instructions, more registers: bench/NOTES.md, v1.6). The sweep
+    weights 4 at a time (a quarter of the weight-load instructions, more registers: bench/NOTES.md, v1.6);
+    ``scratch`` (3D only) shifts the later layers' planes through a per-program scratch, not ``tl.gather``. The sweep
     (``python -m bench.sweep``) measures the alternatives on a GPU.
     """
     if wvec not in (1, 4):
         raise ValueError(f"wvec must be 1 or 4, got {wvec}")
     return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
-                      wvec)
+                      wvec, scratch and len(shape) == 5)
 
 
 @functools.lru_cache(maxsize=256)  # a training loop calls with a handful of shapes: plan each once
 def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
                zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int,
-               wvec: int) -> Plan:
+               wvec: int, scratch: bool) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
@@ -203,7 +206,7 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
         n_zt = triton.cdiv(d, zc)
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
         maxnreg = min(255, 65536 // (32 * num_warps))
-    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec)
+    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec, scratch)
 
 
 @functools.cache
@@ -250,9 +253,16 @@ def stream_args(x: Tensor, params, plan: Plan) -> dict:
         CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
-        num_warps=plan.num_warps,
+        SCRATCH=plan.scratch, GUARD=scratch_guard(plan), num_warps=plan.num_warps,
+        # the scratch is read back after a barrier: no software pipelining may move those loads
+        **({"num_stages": 1} if plan.scratch else {}),
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
     )
+
+
+def scratch_guard(plan: Plan) -> int:
+    """Floats before and after the scratch: a shift of up to 2 (5x5 kernels) from the first or last lane."""
+    return 2 * plan.tw + 2
 
 
 def _check_out(out: Tensor | None, x: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -297,10 +307,16 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     # the per-sample counters of STORE_FINISH; the other modes never read it: no allocation or memset for them
     cnt = (torch.zeros(rows, dtype=torch.int32, device=x.device) if int(STORE_FINISH) in modes
            else part.view(torch.int32))
+    scratch = part  # read only with plan.scratch
+    if plan.scratch:
+        region = first.config.interm_channels * plan.th * plan.tw
+        scratch = torch.empty(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32,
+                              device=x.device)
     args = stream_args(x, first, plan) | {"view_step": view_step}
     kernel = _runner("gin_stream_kernel", x)
     for mode in modes:
-        kernel[(plan.n_tiles, x.shape[0], len(draws))](x, out, prm, part, cnt, prm_stride=prm.shape[1], MODE=mode,
+        kernel[(plan.n_tiles, x.shape[0], len(draws))](x, out, prm, part, cnt, scratch, prm_stride=prm.shape[1],
+                                                      MODE=mode,
                                                       **args)
     return part
 

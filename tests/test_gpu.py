@@ -126,3 +126,24 @@ def test_a_draw_sent_to_the_gpu_in_one_async_copy_is_the_cpu_draw():
         assert p.kernel_sizes == cpu.kernel_sizes and torch.equal(p.alphas.cpu(), cpu.alphas)
         for got, want in zip([*p.weights, *p.biases], [*cpu.weights, *cpu.biases], strict=True):
             assert got.is_cuda and torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16])
+@pytest.mark.parametrize("shape,ks,wvec", [((2, 3, 128, 128, 128), (3, 3, 3, 3), 1),
+                                           ((4, 1, 96, 96, 96), (1, 3, 1, 3), 4),
+                                           ((1, 2, 7, 45, 300), (5, 3), 1)])
+def test_v16_candidate_plans_on_gpu(shape, ks, wvec, dtype):
+    """The sweep's v1.6 candidates under real concurrency: the 3D scratch (its barriers order the stores and the
+    shifted reads of 16 warps) and 128-bit weight loads, against float64 and repeat-equal."""
+    params = draw(shape, ks, device="cuda")
+    x = image_like(shape, dtype, seed=8, device="cuda")
+    plan = make_plan(shape, ks, params.config.interm_channels, scratch=True, wvec=wvec)
+    outs = []
+    for _ in range(2):
+        out = torch.full_like(x, float("nan"))
+        gin_fused(x, params, out=out, plan=plan)
+        outs.append(out)
+    torch.cuda.synchronize()
+    assert torch.equal(outs[0], outs[1]) and not torch.isnan(outs[0]).any()
+    assert rel_error(outs[0], x, params) <= TOL[dtype]
+    assert torch.equal(outs[0], gin_fused(x, params))  # the default plan: the same bits

@@ -90,6 +90,21 @@ def test_weights_four_at_a_time_give_the_same_output(shape, ks, interm, dtype):
     assert rel_error(four, x, params) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("shape,ks,interm,dtype,th", [
+    ((1, 2, 5, 13, 11), (3, 3, 3), 2, F32, 8),  # 4 tiles of 8 x 16: the scratch's edge reads cross tile borders
+    ((2, 1, 4, 9, 7), (1, 5, 3), 3, BF16, 16),  # a 5x5 layer: shifts of 2 rows into the guard
+    ((1, 1, 3, 6, 5), (3, 3), 2, F16, 8),  # float16: both passes
+])
+def test_scratch_shifts_give_the_same_output_as_gathers(shape, ks, interm, dtype, th):
+    """3D ``scratch=True`` (later layers' in-plane neighbours stored and read back) against ``tl.gather``."""
+    params = draw(shape, ks, interm, seed=3)
+    x = image_like(shape, dtype, seed=4)
+    gather, scratch = (_run(x, params, make_plan(shape, ks, interm, th=th, scratch=s)) for s in (False, True))
+    assert not torch.isnan(scratch).any() and torch.equal(gather, scratch)
+    assert rel_error(scratch, x, params) <= TOL[dtype]
+    assert not make_plan((1, 1, 8, 8), ks, interm, scratch=True).scratch  # 2D: no shift crosses warps
+
+
 def test_packed_rows_are_aligned_groups_with_alpha_last():
     params = draw((3, 2, 5, 5), (3, 1, 5), 2, seed=1)
     rows = pack_params(params, 2)
