@@ -19,7 +19,7 @@
 #   (what the H200 image of 2026-11-27 needed).
 # Knobs: GPU_SH_STEPS (default "tests ncu bench sweep"; ncu: Nsight Compute on the two headline stream kernels,
 # GPU_SH_NCU_S each, default 45 s, into bench.log), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S
-# (tests, default 120 s), GPU_SH_TEST_WORKERS (pytest-xdist workers, default 8), GPU_SH_SWEEP_S (kept for the sweep
+# (tests, default 150 s), GPU_SH_TEST_WORKERS (pytest-xdist workers, default 8), GPU_SH_SWEEP_S (kept for the sweep
 # at the end, default 150 s), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this script, where the
 # sweep checks its stand-in plans through Triton's interpreter).
 set -uo pipefail
@@ -29,7 +29,7 @@ OUT=${OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 TOTAL_S=${GPU_SH_BUDGET_S:-520}
-TESTS_S=${GPU_SH_TESTS_S:-120}
+TESTS_S=${GPU_SH_TESTS_S:-150}
 SWEEP_S=${GPU_SH_SWEEP_S:-150}
 PRESET=${GPU_SH_PRESET:-paper}
 TMP=$(mktemp -d)
