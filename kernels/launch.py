@@ -310,7 +310,8 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     scratch = part  # read only with plan.scratch
     if plan.scratch:
         region = first.config.interm_channels * plan.th * plan.tw
-        scratch = torch.empty(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32,
+        # zeroed: an edge lane's read of a region not yet written (or of a guard) gives a finite halo value
+        scratch = torch.zeros(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32,
                               device=x.device)
     args = stream_args(x, first, plan) | {"view_step": view_step}
     kernel = _runner("gin_stream_kernel", x)
