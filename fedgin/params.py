@@ -153,6 +153,8 @@ def to_device(parts: list[Tensor], device: torch.device) -> list[Tensor]:
     blocks the host until the GPU's queue reaches it, a stall per tensor in a training loop (bench/NOTES.md, v1.5)."""
     if all(p.device == device for p in parts):
         return parts
+    if len({(p.device, p.dtype) for p in parts}) > 1:  # nothing to pack them with: one copy each
+        return [p.to(device) for p in parts]
     flat = torch.cat([p.reshape(-1) for p in parts])
     if flat.device.type == "cpu" and device.type == "cuda":
         flat = flat.pin_memory().to(device, non_blocking=True)

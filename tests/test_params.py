@@ -147,3 +147,5 @@ def test_a_draw_for_another_device_travels_as_one_packed_buffer():
     assert [m.shape for m in moved] == [(2, 3), (2,)]
     same = [torch.ones(2)]
     assert to_device(same, torch.device("cpu")) is same  # already there: nothing copied
+    mixed = to_device([torch.ones(2), torch.ones(3, dtype=torch.float64)], torch.device("meta"))
+    assert [(m.device.type, m.dtype) for m in mixed] == [("meta", torch.float32), ("meta", torch.float64)]
