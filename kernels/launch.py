@@ -108,20 +108,38 @@ def pack_params(params, spatial_dims: int) -> Tensor:
     Per layer: one group per (input channel, tap along P, tap along W), in that order, holding the COUT x K
     weights of the taps along S as ``[co, m]`` (accumulator ``m`` takes tap ``K - 1 - m``: the stream scatters),
     padded to a multiple of 4 (16 bytes: :func:`.gin._scatter` can load them 4 at a time); then the biases,
-    padded to 4. Alpha is the row's last float.
+    padded to 4. Alpha is the row's last float. Two device ops whatever the depth: the draw's tensors side by side,
+    then one gather through a cached index (:func:`_pack_index`).
     """
-    rows = []
-    for w, b in zip(params.weights, params.biases, strict=True):
-        if spatial_dims == 2:  # [B, co, ci, kh, kw]: H streams, no conv along the unit P axis
-            w = w.unsqueeze(4)
-        bsz, cout, cin, k, kp, _ = w.shape
-        groups = w.flip(3).permute(0, 2, 4, 5, 1, 3).reshape(bsz, cin * kp * k, cout * k)
-        rows += [torch.nn.functional.pad(groups, (0, _round_up(cout * k, 4) - cout * k)).reshape(bsz, -1),
-                 torch.nn.functional.pad(b, (0, _round_up(cout, 4) - cout))]
-    width = sum(r.shape[1] for r in rows) + 1
-    rows.append(params.alphas.new_zeros(params.alphas.shape[0], _round_up(width, 16) - width))
-    rows.append(params.alphas.reshape(-1, 1))
-    return torch.cat([r.to(torch.float32) for r in rows], dim=1).contiguous()
+    bsz = params.alphas.shape[0]
+    raw = [t.reshape(bsz, -1) for wb in zip(params.weights, params.biases, strict=True) for t in wb]
+    raw = torch.cat([*raw, params.alphas.reshape(-1, 1), params.alphas.new_zeros(bsz, 1)], dim=1)
+    layers = tuple((w.shape[2], w.shape[1]) for w in params.weights)  # (CIN, COUT)
+    index = _pack_index(tuple(params.kernel_sizes), layers, spatial_dims, raw.device)
+    return raw[:, index].to(torch.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _pack_index(kernel_sizes: tuple[int, ...], layers: tuple[tuple[int, int], ...], spatial_dims: int,
+                device: torch.device) -> Tensor:
+    """Column of the draw's side-by-side tensors (per layer weights [COUT, CIN, K, (KP,) K] and biases, then alpha,
+    then a zero) that fills each float of a :func:`pack_params` row; padding takes the zero."""
+    index: list[int] = []
+    base = 0
+    for k, (cin, cout) in zip(kernel_sizes, layers, strict=True):
+        kp = k if spatial_dims == 3 else 1
+        for ci in range(cin):
+            for dp in range(kp):
+                for dw in range(k):
+                    group = [base + (((co * cin + ci) * k + (k - 1 - m)) * kp + dp) * k + dw
+                             for co in range(cout) for m in range(k)]
+                    index += group + [-1] * (_round_up(len(group), 4) - len(group))
+        base += cout * cin * k * kp * k
+        index += list(range(base, base + cout)) + [-1] * (_round_up(cout, 4) - cout)
+        base += cout
+    index += [-1] * (_round_up(len(index) + 1, 16) - len(index) - 1) + [base]  # alpha last
+    zero = base + 1
+    return torch.tensor([zero if i < 0 else i for i in index], dtype=torch.long, device=device)
 
 
 def _pow2_at_least(n: int, lo: int, hi: int) -> int:
