@@ -75,6 +75,17 @@ def test_gin_ipa_views_match_float64_on_gpu(shape, kernel_sizes, dtype):
         assert float((got.double() - want).norm() / want.norm()) <= TOL[dtype]
 
 
+def _twice(x, params, plan):
+    """Two runs of ``plan`` into NaN-poisoned outputs (concurrency bugs show as unequal runs or NaNs)."""
+    outs = []
+    for _ in range(2):
+        out = torch.full_like(x, float("nan"))
+        gin_fused(x, params, out=out, plan=plan)
+        outs.append(out)
+    torch.cuda.synchronize()
+    return outs
+
+
 @pytest.mark.parametrize("dtype", [F32, BF16])
 @pytest.mark.parametrize("shape,ks", [((64, 3, 256, 256), (3, 3, 3, 3)), ((4, 1, 96, 96, 96), (1, 3, 1, 3))])
 def test_one_launch_plan_on_gpu(shape, ks, dtype):
@@ -83,12 +94,7 @@ def test_one_launch_plan_on_gpu(shape, ks, dtype):
     params = draw(shape, ks, seed=5, device="cuda")
     x = image_like(shape, dtype, seed=6, device="cuda")
     plan = make_plan(shape, ks, params.config.interm_channels, finish=True)
-    outs = []
-    for _ in range(2):
-        out = torch.full_like(x, float("nan"))
-        gin_fused(x, params, out=out, plan=plan)
-        outs.append(out)
-    torch.cuda.synchronize()
+    outs = _twice(x, params, plan)
     assert torch.equal(outs[0], outs[1])
     assert rel_error(outs[0], x, params) <= TOL[dtype]
 
@@ -138,12 +144,7 @@ def test_v16_candidate_plans_on_gpu(shape, ks, wvec, dtype):
     params = draw(shape, ks, device="cuda")
     x = image_like(shape, dtype, seed=8, device="cuda")
     plan = make_plan(shape, ks, params.config.interm_channels, scratch=True, wvec=wvec)
-    outs = []
-    for _ in range(2):
-        out = torch.full_like(x, float("nan"))
-        gin_fused(x, params, out=out, plan=plan)
-        outs.append(out)
-    torch.cuda.synchronize()
+    outs = _twice(x, params, plan)
     assert torch.equal(outs[0], outs[1]) and not torch.isnan(outs[0]).any()
     assert rel_error(outs[0], x, params) <= TOL[dtype]
     assert torch.equal(outs[0], gin_fused(x, params))  # the default plan: the same bits
