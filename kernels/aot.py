@@ -27,7 +27,7 @@ _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
 
 
-class _Shape:
+class Shape:
     """Stand-in for :class:`fedgin.GINParams` with just what the launch arguments need."""
 
     def __init__(self, kernel_sizes: tuple[int, ...], channels: int, interm: int) -> None:
@@ -92,7 +92,13 @@ def _ptxas_report(ptx: str) -> str:
 def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None) -> str:
     """Compile one stream-kernel specialization for sm_90 (``plan``: default :func:`make_plan`'s); returns
     the ptxas register/spill report."""
-    params = _Shape(tuple(kernel_sizes), channels, interm)
+    plan, compiled = compiled_stream(shape, kernel_sizes, dtype, channels, interm, mode, plan)
+    return f"{plan} | {_ptxas_report(compiled.asm['ptx'])}"
+
+
+def compiled_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None):
+    """(plan, Triton's compiled kernel for sm_90): its ``asm`` holds the PTX and the cubin."""
+    params = Shape(tuple(kernel_sizes), channels, interm)
     plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm, finish=mode == int(gin.STORE_FINISH))
     # prm_stride: a multiple of 16 (pack_params), which a launch specializes on as it does on aligned pointers
     args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 16}
@@ -100,8 +106,7 @@ def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan
     options = {k: args[k] for k in LAUNCH_OPTIONS if k in args}
     names = gin.gin_stream_kernel.arg_names
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n == "prm_stride"}
-    compiled = triton.compile(ASTSource(gin.gin_stream_kernel, sig, const, attrs), target=TARGET, options=options)
-    return f"{plan} | {_ptxas_report(compiled.asm['ptx'])}"
+    return plan, triton.compile(ASTSource(gin.gin_stream_kernel, sig, const, attrs), target=TARGET, options=options)
 
 
 def compile_pass(kernel, dtype: torch.dtype, **constexprs) -> str:

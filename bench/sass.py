@@ -1,0 +1,217 @@
+"""A static issue model of the stream kernel, from its SASS (compiled for sm_90 on a machine without a GPU).
+
+``python -m bench.sass [--case N]``: for each plan of the sweep (:data:`bench.sweep.GPU_SWEEP`), compile the stream
+kernel, disassemble the plane loop's body (``nvdisasm``, shipped in Triton's wheel) and count its instructions
+per SM pipe. One warp's step costs the SM at least ``max(issue, fp32, alu, mio)`` clocks, where
+
+- issue: every instruction, 4 a clock (four schedulers);
+- fp32: FFMA / FADD / FMUL and the packed half ops, 4 warp instructions a clock (128 lanes);
+- alu: integer, compare, select and logic, 2 a clock (64 lanes);
+- mio: global, shared and shuffle traffic (LDG, STG, LDS, STS, SHFL, atomics), 1 warp instruction a clock
+  (32 load-store lanes an SM; the CUDA guide's 32 shuffles a clock).
+
+These are the throughputs of the CUDA C++ guide's table for compute capability 9.0; latency, dependencies and
+bank conflicts are not modelled, so the time is a bound, not a prediction of itself. What it is for: comparing
+plans, where the measured kernels' ratio to their bound is known (bench/NOTES.md, v1.7). The grid is placed
+in waves of ``CTAs an SM`` (by registers, 64 K an SM, and shared memory) on the SMs, each SM's CTAs sharing its pipes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import triton
+
+from fedgin.kernels import aot
+from fedgin.kernels.launch import H100_SMS, Plan, make_plan, stream_args, stream_modes
+
+from .cases import Case
+
+CLOCK_GHZ = 1.98  # H100 / H200 SXM boost clock
+REGISTERS_PER_SM = 65536
+SHARED_PER_SM = 227 * 1024  # bytes a CTA may use of an sm_90 SM's shared memory, at most
+PER_CLOCK = {"issue": 4.0, "fp32": 4.0, "alu": 2.0, "mio": 1.0}  # warp instructions an SM a clock
+FP32 = {"FFMA", "FADD", "FMUL", "HFMA2", "HADD2", "HMUL2", "FMNMX", "FSEL"}
+ALU = {"IADD3", "IMAD", "ISETP", "LOP3", "SEL", "SHF", "LEA", "FSETP", "PLOP3", "IMNMX", "PRMT", "IABS", "F2I",
+       "I2F", "F2F", "MOV", "P2R", "R2P"}
+MIO = {"LDG", "STG", "LDS", "STS", "SHFL", "ATOM", "ATOMG", "RED", "LDSM", "LDGSTS", "LD", "ST", "LDL", "STL"}
+_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+_INSTR = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_BRANCH = re.compile(r"BRA\s+`\((\.L_x_\d+)\)")
+
+
+def plane_loop(sass: str) -> list[str]:
+    """Opcodes of the largest loop body in ``sass`` (``nvdisasm -c`` text): from a label to the last backward
+    branch to it. The stream kernel's plane loop is its largest loop."""
+    ops: list[str] = []
+    labels: dict[str, int] = {}
+    best: tuple[int, int] = (0, 0)
+    for line in sass.splitlines():
+        if m := _LABEL.match(line):
+            labels[m.group(1)] = len(ops)
+        elif m := _INSTR.match(line):
+            ops.append(m.group(1))
+            target = _BRANCH.search(line)
+            if target and target.group(1) in labels:
+                start = labels[target.group(1)]
+                if len(ops) - start > best[1] - best[0]:
+                    best = (start, len(ops))
+    if best == (0, 0):
+        raise ValueError("no loop in this SASS")
+    return ops[best[0]:best[1]]
+
+
+def pipe_counts(ops: list[str]) -> dict[str, int]:
+    """Warp instructions per pipe (``issue`` counts them all)."""
+    counts = Counter({"issue": len(ops), "fp32": 0, "alu": 0, "mio": 0})
+    for op in ops:
+        for pipe, names in (("fp32", FP32), ("alu", ALU), ("mio", MIO)):
+            if op in names:
+                counts[pipe] += 1
+    return dict(counts)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The issue model's bound for one plan of one case."""
+
+    plan: Plan
+    registers: int
+    loop: dict[str, int]  # warp instructions per step, per pipe
+    local: int  # of which spill loads and stores (LDL, STL)
+    ctas_per_sm: int
+    steps: int  # plane steps per program
+    programs: int
+    us: float  # the bound, microseconds
+    limit: str  # the pipe that sets it
+
+    def row(self) -> dict:
+        return {"registers": self.registers, "loop": self.loop, "local": self.local,
+                "ctas_per_sm": self.ctas_per_sm, "warps_per_sm": self.ctas_per_sm * self.plan.num_warps,
+                "programs": self.programs, "steps": self.steps, "bound_us": round(self.us, 1), "limit": self.limit}
+
+
+def _tool(name: str, cubin: bytes, *args: str) -> str:
+    """Output of one of the wheel's CUDA binaries (``nvdisasm``, ``cuobjdump``) run on ``cubin``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        return subprocess.run([str(_BIN / name), *args, str(path)], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def disassemble(cubin: bytes) -> str:
+    """The SASS of ``cubin``, as ``nvdisasm -c`` prints it."""
+    return _tool("nvdisasm", cubin, "-c")
+
+
+def registers(cubin: bytes) -> int:
+    """Registers a thread (``cuobjdump -res-usage``)."""
+    return int(re.search(r"REG:(\d+)", _tool("cuobjdump", cubin, "-res-usage")).group(1))
+
+
+def model(loop: dict[str, int], plan: Plan, programs: int, steps: int, registers: int, sms: int = H100_SMS,
+          shared: int = 0) -> tuple[float, str, int]:
+    """(bound in µs, limiting pipe, CTAs an SM) for ``programs`` CTAs of ``plan.num_warps`` warps, each running
+    ``steps`` plane steps of the ``loop`` counts, with ``registers`` a thread and ``shared`` bytes a CTA."""
+    threads = 32 * plan.num_warps
+    ctas = min(32, REGISTERS_PER_SM // (max(registers, 16) * threads), 64 // plan.num_warps)
+    ctas = max(1, min(ctas, SHARED_PER_SM // shared) if shared else ctas)
+    per_step = {pipe: n / PER_CLOCK[pipe] for pipe, n in loop.items()}
+    limit = max(per_step, key=per_step.get)
+    clocks, left = 0.0, programs
+    while left > 0:  # each wave: the SMs' CTAs share the pipes; the last wave may be partial
+        wave = min(left, sms * ctas)
+        clocks += math.ceil(wave / sms) * plan.num_warps * steps * per_step[limit]
+        left -= wave
+    return clocks / (CLOCK_GHZ * 1e3), limit, ctas
+
+
+def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sms: int = H100_SMS,
+          plan: Plan | None = None) -> Bound:
+    """Compile ``case``'s stream kernel for sm_90 with ``plan`` (default: ``make_plan(**overrides)``) and bound it;
+    ``mode``: the first pass the call launches unless given."""
+    plan = plan or make_plan(case.shape, case.kernel_sizes, case.interm, sms=sms, **(overrides or {}))
+    mode = stream_modes(case.torch_dtype, plan.finish)[0] if mode is None else mode
+    plan, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, case.channels,
+                                         case.interm, mode, plan)
+    regs = registers(compiled.asm["cubin"])
+    ops = plane_loop(disassemble(compiled.asm["cubin"]))
+    shape = aot.Shape(case.kernel_sizes, case.channels, case.interm)
+    steps = stream_args(torch.empty(case.shape, device="meta"), shape, plan)["n_steps"]
+    programs = case.batch * plan.n_tiles
+    us, limit, ctas = model(pipe_counts(ops), plan, programs, steps, regs, sms, compiled.metadata.shared)
+    return Bound(plan, regs, pipe_counts(ops), ops.count("LDL") + ops.count("STL"), ctas, steps, programs, us, limit)
+
+
+def call_bound_us(case: Case, plan: Plan, copy_gb_s: float, sms: int = H100_SMS) -> float:
+    """The bound of a whole call: its stream passes, plus one read and write of the output at ``copy_gb_s``
+    where the call rescales it (the scale pass, or the one-launch plan's last program)."""
+    modes = stream_modes(case.torch_dtype, plan.finish)
+    us = sum(bound(case, mode=mode, sms=sms, plan=plan).us for mode in modes)
+    if len(modes) == 1:
+        us += 2 * case.elements * case.torch_dtype.itemsize / (copy_gb_s * 1e3)
+    return us
+
+
+def calibrate(report: dict, cases: list[Case]) -> list[dict]:
+    """Measured time over the bound for every timed row of a sweep report (``ms_graph``, else ``ms``)."""
+    by_id = {case.id: case for case in cases}
+    rows = []
+    for row in report["rows"]:
+        case = by_id.get(row["case_id"])
+        measured = row.get("ms_graph") or row.get("ms")
+        if row["status"] != "ok" or case is None or not measured:
+            continue
+        plan = Plan(**row["plan"])
+        us = call_bound_us(case, plan, report["copy"]["gb_s"])
+        warps = bound(case, plan=plan).ctas_per_sm * plan.num_warps
+        rows.append({"case": case.label, "overrides": row["overrides"], "warps_per_sm": warps,
+                     "measured_us": round(measured * 1e3, 1), "bound_us": round(us, 1),
+                     "ratio": round(measured * 1e3 / us, 2)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .sweep import GPU_SWEEP
+
+    parser = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", type=int, action="append", help="sweep case index (default: all)")
+    parser.add_argument("--json", action="store_true", help="one JSON object a line instead of a table")
+    parser.add_argument("--calibrate", metavar="SWEEP_JSON", help="measured time over the bound, per row of a sweep")
+    args = parser.parse_args(argv)
+    if args.calibrate:
+        print("| case | overrides | warps/SM | measured µs | bound µs | ratio |\n|---|---|---:|---:|---:|---:|")
+        for r in calibrate(json.loads(Path(args.calibrate).read_text()), [c for c, _ in GPU_SWEEP]):
+            print(f"| {r['case']} | {json.dumps(r['overrides']) if r['overrides'] else 'default'} | "
+                  f"{r['warps_per_sm']} | {r['measured_us']} | {r['bound_us']} | {r['ratio']} |", flush=True)
+        return 0
+    print("| case | overrides | regs | warps/SM | programs x steps | loop: issue / fp32 / alu / mio (spill) "
+          "| bound µs | limit |")
+    print("|---|---|---:|---:|---:|---|---:|---|")
+    for i, (case, candidates) in enumerate(GPU_SWEEP):
+        if args.case and i not in args.case:
+            continue
+        for overrides in candidates:
+            b = bound(case, overrides)
+            if args.json:
+                print(json.dumps({"case": case.label, "overrides": overrides} | b.row()), flush=True)
+                continue
+            lp = b.loop
+            print(f"| {case.label} | {json.dumps(overrides) if overrides else 'default'} | {b.registers} | "
+                  f"{b.ctas_per_sm * b.plan.num_warps} | {b.programs} x {b.steps} | {lp['issue']} / {lp['fp32']} / "
+                  f"{lp['alu']} / {lp['mio']} ({b.local}) | {b.us:.0f} | {b.limit} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
