@@ -83,16 +83,17 @@ def triton_supports(x: Tensor, params: GINParams) -> str | None:
     return unsupported_reason(x, params)
 
 
-def gin(x: Tensor, generator: torch.Generator | None = None, backend: str = "auto", **config) -> Tensor:
+def gin(x: Tensor, generator: torch.Generator | None = None, backend: str = "auto", *, check_finite: bool = True,
+        **config) -> Tensor:
     """Draw a GIN for ``x``'s batch and apply it; ``config`` takes :class:`GINConfig`'s fields.
 
-    ``in_channels`` and ``spatial_dims`` default to ``x``'s.
+    ``in_channels`` and ``spatial_dims`` default to ``x``'s; ``check_finite``: :func:`gin_apply`'s.
     """
     _check_batch(x)
     config.setdefault("in_channels", x.shape[1])
     config.setdefault("spatial_dims", x.dim() - 2)
     params = GINParams.draw_config(x.shape[0], make_config(**config), device=x.device, generator=generator)
-    return gin_apply(x, params, backend)
+    return gin_apply(x, params, backend, check_finite=check_finite)
 
 
 def warm_up(x: Tensor, backend: str = "auto", **config) -> int:

@@ -1,4 +1,5 @@
 """The comparison augmentations of fedgin.augment: interface, determinism, and each method's defining property."""
+import importlib
 import itertools
 
 import numpy as np
@@ -132,6 +133,23 @@ def test_bad_inputs_are_rejected():
         sem(x, label=torch.full((2, 1, 8, 8), 0.5))
     with pytest.raises(ValueError, match="n_classes is 2"):
         make_augmentation("semantic_randconv", n_classes=2)(x, label=torch.full((2, 8, 8), 2))
+
+
+@pytest.mark.parametrize("name", ["gin", "gin_ipa"])
+def test_gin_views_check_the_batch_for_non_finite_values_once(name, monkeypatch):
+    """Each check is a reduction and a device sync: once a batch, not once a view; and a NaN is still named."""
+    gin_module = importlib.import_module("fedgin.gin")  # the package's ``gin`` is the function
+    checks = []
+    check_input = gin_module.check_input
+    monkeypatch.setattr(gin_module, "check_input", lambda x, p, *, check_finite=True: (
+        checks.append(check_finite), check_input(x, p, check_finite=check_finite))[1])
+    aug = make_augmentation(name, n_views=3) if name == "gin" else make_augmentation(name)
+    x = images((2, 3, 16, 16))
+    views = aug(x, generator=gen(0))
+    assert len(views) == 3 and checks == [True, False, False]
+    x[1, 2, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        aug(x, generator=gen(0))
 
 
 # ---------------------------------------------------------------- GIN-IPA

@@ -70,6 +70,12 @@ class GINAugmentation(Augmentation):
     def augment(self, x: Tensor, label: Tensor | None, generator: torch.Generator | None) -> Tensor:
         return gin(x, generator, self.backend, **self.gin_config)
 
+    def views(self, x: Tensor, label: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, ...]:
+        """``n_views`` draws; ``x`` is checked for non-finite values once (a reduction and a device sync), not per
+        view, so the later views queue behind the first without waiting for the GPU."""
+        return tuple(gin(x, generator, self.backend, check_finite=i == 0, **self.gin_config)
+                     for i in range(self.n_views))
+
 
 @register("gin_ipa")
 class GINIPA(Augmentation):
