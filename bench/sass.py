@@ -93,10 +93,16 @@ class Bound:
     programs: int
     us: float  # the bound, microseconds
     limit: str  # the pipe that sets it
+    sms: int = H100_SMS
+
+    @property
+    def warps_per_sm(self) -> int:
+        """Warps resident on an SM in the first wave: fewer than its CTAs allow where the grid is small."""
+        return min(self.ctas_per_sm, math.ceil(self.programs / self.sms)) * self.plan.num_warps
 
     def row(self) -> dict:
         return {"registers": self.registers, "loop": self.loop, "local": self.local,
-                "ctas_per_sm": self.ctas_per_sm, "warps_per_sm": self.ctas_per_sm * self.plan.num_warps,
+                "ctas_per_sm": self.ctas_per_sm, "warps_per_sm": self.warps_per_sm,
                 "programs": self.programs, "steps": self.steps, "bound_us": round(self.us, 1), "limit": self.limit}
 
 
@@ -150,7 +156,8 @@ def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sm
     steps = stream_args(torch.empty(case.shape, device="meta"), shape, plan)["n_steps"]
     programs = case.batch * plan.n_tiles
     us, limit, ctas = model(pipe_counts(ops), plan, programs, steps, regs, sms, compiled.metadata.shared)
-    return Bound(plan, regs, pipe_counts(ops), ops.count("LDL") + ops.count("STL"), ctas, steps, programs, us, limit)
+    return Bound(plan, regs, pipe_counts(ops), ops.count("LDL") + ops.count("STL"), ctas, steps, programs, us, limit,
+                 sms)
 
 
 def call_bound_us(case: Case, plan: Plan, copy_gb_s: float, sms: int = H100_SMS) -> float:
@@ -174,7 +181,7 @@ def calibrate(report: dict, cases: list[Case]) -> list[dict]:
             continue
         plan = Plan(**row["plan"])
         us = call_bound_us(case, plan, report["copy"]["gb_s"])
-        warps = bound(case, plan=plan).ctas_per_sm * plan.num_warps
+        warps = bound(case, plan=plan).warps_per_sm
         rows.append({"case": case.label, "overrides": row["overrides"], "warps_per_sm": warps,
                      "measured_us": round(measured * 1e3, 1), "bound_us": round(us, 1),
                      "ratio": round(measured * 1e3 / us, 2)})
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             lp = b.loop
             print(f"| {case.label} | {json.dumps(overrides) if overrides else 'default'} | {b.registers} | "
-                  f"{b.ctas_per_sm * b.plan.num_warps} | {b.programs} x {b.steps} | {lp['issue']} / {lp['fp32']} / "
+                  f"{b.warps_per_sm} | {b.programs} x {b.steps} | {lp['issue']} / {lp['fp32']} / "
                   f"{lp['alu']} / {lp['mio']} ({b.local}) | {b.us:.0f} | {b.limit} |", flush=True)
     return 0
 
