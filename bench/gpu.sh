@@ -18,7 +18,7 @@
 #   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/
 #   (what the H200 image of 2026-11-27 needed).
 # Knobs: GPU_SH_STEPS (default "tests ncu bench sweep"; ncu: Nsight Compute on the two headline stream kernels,
-# GPU_SH_NCU_S each, default 45 s, into bench.log), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S
+# GPU_SH_NCU_S each, default 60 s, into bench.log), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S
 # (tests, default 150 s), GPU_SH_TEST_WORKERS (pytest-xdist workers, default 8), GPU_SH_SWEEP_S (kept for the sweep
 # at the end, default 150 s), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this script, where the
 # sweep checks its stand-in plans through Triton's interpreter).
@@ -125,7 +125,7 @@ fi
 
 : >"$OUT/bench.log"
 if [[ $STEPS == *ncu* ]]; then
-  # Nsight Compute on the two headline stream kernels: why they issue at 12-15% of the FMA rate (bench/NOTES.md)
+  # Nsight Compute on the two headline stream kernels: default plan and the issue model's candidate (NOTES v1.7)
   NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
   for dims in 2d 3d; do
     echo "== ncu: bench.ncu_target $dims" >>"$OUT/bench.log"
@@ -133,8 +133,8 @@ if [[ $STEPS == *ncu* ]]; then
       echo "ncu: not found" >>"$OUT/bench.log"
       continue
     fi
-    timeout "${GPU_SH_NCU_S:-45}" "$NCU" --clock-control none -k regex:gin_stream_kernel --launch-skip 1 \
-      --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    timeout "${GPU_SH_NCU_S:-60}" "$NCU" --clock-control none -k regex:gin_stream_kernel --launch-skip 1 \
+      --launch-count 2 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
       "$PY" -m bench.ncu_target "$dims" >>"$OUT/bench.log" 2>&1
     echo "== ncu rc $?" >>"$OUT/bench.log"

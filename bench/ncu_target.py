@@ -1,7 +1,9 @@
-"""The headline stream kernels once each, for Nsight Compute (``bench/gpu.sh``'s ``ncu`` step).
+"""The headline stream kernels, for Nsight Compute (``bench/gpu.sh``'s ``ncu`` step).
 
-``python -m bench.ncu_target 2d|3d`` runs GIN with the default plan on 2D 64x3x256² or 3D 2x3x128³ (fp32, 4 layers
-3x3) twice: the first call compiles, ``ncu --launch-skip 1 --launch-count 1`` profiles the second (see ``gpu.sh``).
+``python -m bench.ncu_target 2d|3d`` runs GIN on 2D 64x3x256² or 3D 2x3x128³ (fp32, 4 layers 3x3) twice with the
+default plan, then twice with the issue model's best candidate (:data:`CANDIDATES`, bench/NOTES.md v1.7): the first
+call compiles, ``ncu --launch-skip 1 --launch-count 2`` profiles the default's second launch and the candidate's
+first (see ``gpu.sh``).
 """
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ import sys
 
 import torch
 
-from fedgin import gin_apply
+from fedgin.kernels import gin_fused, make_plan
 
 from .cases import Case, draw_params, image_like
 
 CASES = {"2d": Case(64, 3, (256, 256)), "3d": Case(2, 3, (128,) * 3)}
+CANDIDATES = {"2d": {"wvec": 4, "tw": 32, "maxnreg": 128}, "3d": {"scratch": True, "wvec": 4}}
 
 
 def main(argv: list[str]) -> int:
@@ -24,14 +27,16 @@ def main(argv: list[str]) -> int:
         print("bench.ncu_target needs a CUDA device", file=sys.stderr)
         return 1
     device = torch.device("cuda")
-    for case in (CASES[argv[0]],):
-        gen = torch.Generator(device=device).manual_seed(0)
-        x = image_like(case, device, gen)
-        params = draw_params(case, device, generator=torch.Generator().manual_seed(0))
+    case = CASES[argv[0]]
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = image_like(case, device, gen)
+    params = draw_params(case, device, generator=torch.Generator().manual_seed(0))
+    for overrides in ({}, CANDIDATES[argv[0]]):
+        plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
         for _ in range(2):
-            gin_apply(x, params, backend="triton", check_finite=False)
+            gin_fused(x, params, plan=plan)
         torch.cuda.synchronize()
-        print(f"{case.label}: ran twice", flush=True)
+        print(f"{case.label} {overrides or 'default'}: ran twice ({plan})", flush=True)
     return 0
 
 
