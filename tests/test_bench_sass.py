@@ -1,6 +1,7 @@
 """The static issue model (bench/sass.py): its loop finder and pipe counts on known SASS, its wave arithmetic, and
 the plane loop it finds in a real sm_90 compile (in a subprocess: compiling for the GPU needs TRITON_INTERPRET unset).
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -48,6 +49,7 @@ def test_model_charges_the_busiest_pipe_and_each_wave():
 
 
 COMPILE = """
+import dataclasses
 import json
 from fedgin.bench import sass
 from fedgin.bench.cases import Case
@@ -77,3 +79,20 @@ def test_plane_loop_of_a_compiled_stream_kernel():
         assert row["FFMA"] == lanes * (macs + 3 * 3), row
         assert row["loop"]["fp32"] >= row["FFMA"] and row["bound_us"] > 0 and row["steps"] == plan.zc + 8
     assert one["LDG"] > 2 * four["LDG"]
+
+
+def test_calibrate_divides_each_timed_row_by_its_bound(monkeypatch):
+    from fedgin.bench.cases import Case
+
+    case = Case(2, 3, (70, 20))
+    plan = make_plan(case.shape, case.kernel_sizes, case.interm)
+    bounds = {plan: 50.0}
+    monkeypatch.setattr(sass, "call_bound_us", lambda c, p, copy_gb_s: bounds[p] + copy_gb_s / 1000)
+    monkeypatch.setattr(sass, "bound", lambda c, plan: type("B", (), {"warps_per_sm": 16})())
+    row = {"case_id": case.id, "overrides": {}, "status": "ok", "plan": dataclasses.asdict(plan)}
+    report = {"copy": {"gb_s": 4000.0}, "rows": [
+        row | {"ms": 0.5, "ms_graph": 0.108}, row | {"ms": 0.2, "ms_graph": None},
+        row | {"status": "failed", "ms": None, "ms_graph": None}, row | {"case_id": "elsewhere", "ms": 1.0}]}
+    rows = sass.calibrate(report, [case])
+    assert [(r["measured_us"], r["bound_us"], r["ratio"]) for r in rows] == [(108.0, 54.0, 2.0), (200.0, 54.0, 3.7)]
+    assert rows[0]["warps_per_sm"] == 16
