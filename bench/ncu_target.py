@@ -19,6 +19,21 @@ CASES = {"2d": Case(64, 3, (256, 256)), "3d": Case(2, 3, (128,) * 3)}
 CANDIDATES = {"2d": {"wvec": 4, "tw": 32, "maxnreg": 128}, "3d": {"scratch": True, "wvec": 4}}
 
 
+def run_plans(case: Case, candidates: tuple[dict, ...], device: torch.device) -> list[torch.Tensor]:
+    """GIN on ``case`` twice with each plan (``make_plan`` overrides; one draw, one input); the last outputs."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = image_like(case, device, gen)
+    params = draw_params(case, device, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for overrides in candidates:
+        plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
+        for _ in range(2):
+            out = gin_fused(x, params, plan=plan)
+        outs.append(out)
+        print(f"{case.label} {overrides or 'default'}: ran twice ({plan})", flush=True)
+    return outs
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in CASES:
         print(f"usage: python -m bench.ncu_target {'|'.join(CASES)}", file=sys.stderr)
@@ -26,17 +41,8 @@ def main(argv: list[str]) -> int:
     if not torch.cuda.is_available():
         print("bench.ncu_target needs a CUDA device", file=sys.stderr)
         return 1
-    device = torch.device("cuda")
-    case = CASES[argv[0]]
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = image_like(case, device, gen)
-    params = draw_params(case, device, generator=torch.Generator().manual_seed(0))
-    for overrides in ({}, CANDIDATES[argv[0]]):
-        plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
-        for _ in range(2):
-            gin_fused(x, params, plan=plan)
-        torch.cuda.synchronize()
-        print(f"{case.label} {overrides or 'default'}: ran twice ({plan})", flush=True)
+    run_plans(CASES[argv[0]], ({}, CANDIDATES[argv[0]]), torch.device("cuda"))
+    torch.cuda.synchronize()
     return 0
 
 
