@@ -152,20 +152,19 @@ def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sm
                                          case.interm, mode, plan)
     regs = registers(compiled.asm["cubin"])
     ops = plane_loop(disassemble(compiled.asm["cubin"]))
+    loop = pipe_counts(ops)
     shape = aot.Shape(case.kernel_sizes, case.channels, case.interm)
     steps = stream_args(torch.empty(case.shape, device="meta"), shape, plan)["n_steps"]
     programs = case.batch * plan.n_tiles
-    us, limit, ctas = model(pipe_counts(ops), plan, programs, steps, regs, sms, compiled.metadata.shared)
-    return Bound(plan, regs, pipe_counts(ops), ops.count("LDL") + ops.count("STL"), ctas, steps, programs, us, limit,
-                 sms)
+    us, limit, ctas = model(loop, plan, programs, steps, regs, sms, compiled.metadata.shared)
+    return Bound(plan, regs, loop, ops.count("LDL") + ops.count("STL"), ctas, steps, programs, us, limit, sms)
 
 
-def call_bound_us(case: Case, plan: Plan, copy_gb_s: float, sms: int = H100_SMS) -> float:
-    """The bound of a whole call: its stream passes, plus one read and write of the output at ``copy_gb_s``
-    where the call rescales it (the scale pass, or the one-launch plan's last program)."""
-    modes = stream_modes(case.torch_dtype, plan.finish)
-    us = sum(bound(case, mode=mode, sms=sms, plan=plan).us for mode in modes)
-    if len(modes) == 1:
+def call_bound_us(case: Case, passes: list[Bound], copy_gb_s: float) -> float:
+    """The bound of a whole call from the bounds of its stream ``passes``: plus one read and write of the output at
+    ``copy_gb_s`` where the call rescales it (the scale pass, or the one-launch plan's last program)."""
+    us = sum(b.us for b in passes)
+    if len(passes) == 1:
         us += 2 * case.elements * case.torch_dtype.itemsize / (copy_gb_s * 1e3)
     return us
 
@@ -180,12 +179,16 @@ def calibrate(report: dict, cases: list[Case]) -> list[dict]:
         if row["status"] != "ok" or case is None or not measured:
             continue
         plan = Plan(**row["plan"])
-        us = call_bound_us(case, plan, report["copy"]["gb_s"])
-        warps = bound(case, plan=plan).warps_per_sm
-        rows.append({"case": case.label, "overrides": row["overrides"], "warps_per_sm": warps,
+        passes = [bound(case, mode=mode, plan=plan) for mode in stream_modes(case.torch_dtype, plan.finish)]
+        us = call_bound_us(case, passes, report["copy"]["gb_s"])
+        rows.append({"case": case.label, "overrides": row["overrides"], "warps_per_sm": passes[0].warps_per_sm,
                      "measured_us": round(measured * 1e3, 1), "bound_us": round(us, 1),
                      "ratio": round(measured * 1e3 / us, 2)})
     return rows
+
+
+def _label(overrides: dict) -> str:
+    return json.dumps(overrides) if overrides else "default"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         print("| case | overrides | warps/SM | measured µs | bound µs | ratio |\n|---|---|---:|---:|---:|---:|")
         for r in calibrate(json.loads(Path(args.calibrate).read_text()), [c for c, _ in GPU_SWEEP]):
-            print(f"| {r['case']} | {json.dumps(r['overrides']) if r['overrides'] else 'default'} | "
+            print(f"| {r['case']} | {_label(r['overrides'])} | "
                   f"{r['warps_per_sm']} | {r['measured_us']} | {r['bound_us']} | {r['ratio']} |", flush=True)
         return 0
     print("| case | overrides | regs | warps/SM | programs x steps | loop: issue / fp32 / alu / mio (spill) "
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"case": case.label, "overrides": overrides} | b.row()), flush=True)
                 continue
             lp = b.loop
-            print(f"| {case.label} | {json.dumps(overrides) if overrides else 'default'} | {b.registers} | "
+            print(f"| {case.label} | {_label(overrides)} | {b.registers} | "
                   f"{b.warps_per_sm} | {b.programs} x {b.steps} | {lp['issue']} / {lp['fp32']} / "
                   f"{lp['alu']} / {lp['mio']} ({b.local}) | {b.us:.0f} | {b.limit} |", flush=True)
     return 0

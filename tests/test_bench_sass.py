@@ -86,13 +86,17 @@ def test_calibrate_divides_each_timed_row_by_its_bound(monkeypatch):
 
     case = Case(2, 3, (70, 20))
     plan = make_plan(case.shape, case.kernel_sizes, case.interm)
-    bounds = {plan: 50.0}
-    monkeypatch.setattr(sass, "call_bound_us", lambda c, p, copy_gb_s: bounds[p] + copy_gb_s / 1000)
-    monkeypatch.setattr(sass, "bound", lambda c, plan: type("B", (), {"warps_per_sm": 16})())
+    compiles = []
+    monkeypatch.setattr(sass, "bound", lambda c, mode, plan: compiles.append((mode, plan)) or sass.Bound(
+        plan, 128, {}, 0, 1, 10, 16 * 132, 50.0, "mio"))
     row = {"case_id": case.id, "overrides": {}, "status": "ok", "plan": dataclasses.asdict(plan)}
     report = {"copy": {"gb_s": 4000.0}, "rows": [
         row | {"ms": 0.5, "ms_graph": 0.108}, row | {"ms": 0.2, "ms_graph": None},
         row | {"status": "failed", "ms": None, "ms_graph": None}, row | {"case_id": "elsewhere", "ms": 1.0}]}
     rows = sass.calibrate(report, [case])
-    assert [(r["measured_us"], r["bound_us"], r["ratio"]) for r in rows] == [(108.0, 54.0, 2.0), (200.0, 54.0, 3.7)]
-    assert rows[0]["warps_per_sm"] == 16
+    scale_us = 2 * case.elements * 4 / 4000e3  # fp32: the scale pass's read and write at the copy bandwidth
+    assert [(r["measured_us"], r["bound_us"], r["ratio"]) for r in rows] == [
+        (108.0, round(50 + scale_us, 1), round(108 / (50 + scale_us), 2)),
+        (200.0, round(50 + scale_us, 1), round(200 / (50 + scale_us), 2))]
+    assert rows[0]["warps_per_sm"] == plan.num_warps  # one CTA an SM, every SM busy
+    assert compiles == [(0, plan)] * 2  # one compile a timed row (fp32 launches one stream pass)

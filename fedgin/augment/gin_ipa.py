@@ -67,9 +67,6 @@ class GINAugmentation(Augmentation):
         self.backend = backend
         self.gin_config = gin_options("gin", gin_config)
 
-    def augment(self, x: Tensor, label: Tensor | None, generator: torch.Generator | None) -> Tensor:
-        return gin(x, generator, self.backend, **self.gin_config)
-
     def views(self, x: Tensor, label: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, ...]:
         """``n_views`` draws; ``x`` is checked for non-finite values once (a reduction and a device sync), not per
         view, so the later views queue behind the first without waiting for the GPU."""
