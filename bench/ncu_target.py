@@ -1,9 +1,9 @@
 """The headline stream kernels, for Nsight Compute (``bench/gpu.sh``'s ``ncu`` step).
 
 ``python -m bench.ncu_target 2d|3d`` runs GIN on 2D 64x3x256² or 3D 2x3x128³ (fp32, 4 layers 3x3) twice with the
-default plan, then twice with the issue model's best candidate (:data:`CANDIDATES`, bench/NOTES.md v1.7): the first
-call compiles, ``ncu --launch-skip 1 --launch-count 2`` profiles the default's second launch and the candidate's
-first (see ``gpu.sh``).
+default plan, then twice with v1.5's default plan (:data:`CANDIDATES`, bench/NOTES.md v1.8: the first ncu run
+profiled v1.5's): the first call compiles, ``ncu --launch-skip 1 --launch-count 2`` profiles the default's second
+launch and the candidate's first (see ``gpu.sh``).
 """
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import torch
 from fedgin.kernels import gin_fused, make_plan
 
 from .cases import Case, draw_params, image_like
+from .sweep import V15_2D, V15_3D
 
 CASES = {"2d": Case(64, 3, (256, 256)), "3d": Case(2, 3, (128,) * 3)}
-CANDIDATES = {"2d": {"wvec": 4, "tw": 32, "maxnreg": 128}, "3d": {"scratch": True, "wvec": 4}}
+CANDIDATES = {"2d": V15_2D, "3d": V15_3D}
 
 
 def run_plans(case: Case, candidates: tuple[dict, ...], device: torch.device) -> list[torch.Tensor]:

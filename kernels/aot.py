@@ -25,6 +25,10 @@ TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
+# plans the sweep (bench/sweep.py) times against the defaults: v1.5's default tiles (2D 64 columns with one weight
+# load at a time, 3D shifts by tl.gather) and the 3D weights loaded 4 at a time
+ALTERNATIVES = {(2, 3, 512, 300): ({"tw": 64, "wvec": 1},),
+                (2, 3, 16, 128, 128): ({"scratch": False}, {"scratch": True, "wvec": 4})}
 
 
 class Shape:
@@ -126,16 +130,12 @@ def main() -> int:
         scaled = dtype == torch.float16  # as gin_ipa_fused launches it
         print(f"ipa {dtype}: {compile_pass(gin.gin_ipa_kernel, dtype, SCALED=scaled)}")
     for shape, ks, dtype, c, m in specializations():
-        modes = [(mode, 1, False) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
-        if shape in ((2, 3, 512, 300), (2, 3, 16, 128, 128)) and dtype == torch.float32:  # the default tiles
-            modes.append((stream_modes(dtype)[0], 4, False))  # the sweep's candidates: weights 4 at a time,
-            if len(shape) == 5:
-                modes += [(stream_modes(dtype)[0], 1, True), (stream_modes(dtype)[0], 4, True)]  # 3D scratch
-        if len(shape) == 5 and dtype != torch.float32:
-            modes += [(mode, 1, True) for mode in stream_modes(dtype)]  # 3D scratch in bf16 and both fp16 passes
-        for mode, wvec, scratch in modes:
-            label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} wvec={wvec} scratch={scratch}"
-            plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), wvec=wvec, scratch=scratch)
+        variants = [(mode, {}) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
+        if shape in ALTERNATIVES and dtype == torch.float32:  # the default tiles' alternatives in the plan sweep
+            variants += [(stream_modes(dtype)[0], overrides) for overrides in ALTERNATIVES[shape]]
+        for mode, overrides in variants:
+            label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} {overrides or 'default plan'}"
+            plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), **overrides)
             try:
                 print(f"{label}: {compile_stream(shape, ks, dtype, c, m, mode, plan)}", flush=True)
             except Exception as err:  # report every failing specialization, then fail

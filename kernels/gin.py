@@ -12,10 +12,11 @@ Every conv is written as a scatter: the plane arriving at stream coordinate ``c`
 contributions to the ``k`` output planes ``c - r .. c + r`` it touches; ``k - 1`` pending partial
 planes per output channel are carried in registers from step to step, and plane ``c - r`` leaves
 complete (bias, leaky ReLU, zero padding) as the next layer's arriving plane. Neighbours within a
-plane come from global memory (L1-hot) for the input layer and from ``tl.gather`` (on-chip) for
-later layers; the tile's border lanes go stale by the radius of each later layer, so only the
-interior (``RH`` = the sum of those radii from each side) is stored. Nothing but the output and
-a few partial sums leaves the chip.
+plane come from global memory (L1-hot) for the input layer and, for later layers, from
+``tl.gather`` (on-chip; 2D) or a per-program scratch (``SCRATCH``: the 3D default since v1.8); the
+tile's border lanes go stale by the radius of each later layer, so only the interior (``RH`` = the
+sum of those radii from each side) is stored. Nothing but the output and a few partial sums leaves
+the chip.
 
 The Frobenius renormalization needs the whole sample: each program writes its partial sums of
 ``x^2`` and ``mixed^2``, reduced in a fixed order (deterministic); see :mod:`fedgin.kernels.launch` for the

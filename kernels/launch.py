@@ -63,8 +63,8 @@ class Plan:
     num_warps: int
     maxnreg: int | None = None  # ptxas register cap per thread (None: ptxas chooses)
     finish: bool = False  # one launch: each sample's last program rescales it (not for float16 output)
-    wvec: int = 1  # weights loaded one by one, or 4 at a time (128-bit loads; v1.6 candidate, unmeasured)
-    scratch: bool = False  # 3D: later layers' in-plane shifts through a per-program scratch (v1.6 candidate)
+    wvec: int = 1  # weights loaded one by one, or 4 at a time (128-bit loads; the 2D default since v1.8)
+    scratch: bool = False  # 3D: later layers' in-plane shifts through a per-program scratch (the default since v1.8)
 
     @property
     def n_tiles(self) -> int:
@@ -170,42 +170,48 @@ def _stream_chunk(depth: int, tiles_per_chunk: int, halo: int, slots: int) -> in
 
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
-              maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int = 1,
-              scratch: bool = False) -> Plan:
+              maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int | None = None,
+              scratch: bool | None = None) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
-    tile is recomputed, so tiles are as wide as the image needs (2D up to 64 columns, 3D up to 32 x 32); 2D
-    streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
+    tile is recomputed, so tiles are as wide as the image needs (2D up to 32 columns, 64 in a heavy stack; 3D up
+    to 32 x 32); 2D streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
 
     Lanes a thread: 2, or 1 in a heavy stack (:func:`live_tiles` over 64). 2D used 4 up to v1.4: 2 measured 1.15x
     faster on an H200 (twice the warps an SM at 128 registers against 208). One lane a thread in a heavy stack also
     sets ``maxnreg`` to the most a CTA of the plan can have: without it, ptxas gave such kernels 32 to 64
     registers and spilled tens of KB (ptxas for sm_90a, bench/NOTES.md).
 
+    Light stacks take the plan sweep's winners (H200, float32, 2026-11-27; bench/NOTES.md, v1.8): 2D tiles of at
+    most 32 columns with the weights loaded 4 at a time (1.38x v1.5's 64 columns, one load a weight), 3D shifts
+    through the scratch (1.39x ``tl.gather``).
+
     3D chunks: :func:`_stream_chunk` over ``sms`` streaming multiprocessors, one 16-warp CTA each (ptxas gives
     the 32 x 32 plan 128 registers a thread: the whole register file), or proportionally more for fewer warps.
 
     The keywords override one choice each (powers of two for ``th``, ``tw``, ``lanes_per_thread``) and the
     grid follows; ``finish`` asks for the one-launch renormalization (module docstring); ``wvec=4`` loads the
-    weights 4 at a time (a quarter of the weight-load instructions, more registers: bench/NOTES.md, v1.6);
-    ``scratch`` (3D only) shifts the later layers' planes through a per-program scratch, not ``tl.gather``. The sweep
+    weights 4 at a time (a quarter of the weight-load instructions, more registers: bench/NOTES.md, v1.6), ``wvec=1``
+    one at a time; ``scratch`` (3D only) shifts the later layers' planes through a per-program scratch,
+    ``scratch=False`` through ``tl.gather`` (the same values; on a GPU not always the same bits: NOTES v1.8). The sweep
     (``python -m bench.sweep``) measures the alternatives on a GPU.
     """
-    if wvec not in (1, 4):
+    if wvec not in (None, 1, 4):
         raise ValueError(f"wvec must be 1 or 4, got {wvec}")
     return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
-                      wvec, scratch and len(shape) == 5)
+                      wvec, scratch)
 
 
 @functools.lru_cache(maxsize=256)  # a training loop calls with a handful of shapes: plan each once
 def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
                zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int,
-               wvec: int, scratch: bool) -> Plan:
+               wvec: int | None, scratch: bool | None) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
+    light = live <= 64
     if bands:
         _, _, h, w = shape
-        tw = tw or _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 64)
+        tw = tw or _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 32 if light else 64)
         zc = min(zc or 32, h)
         th = th or _pow2_at_least(triton.cdiv(h, zc), 1, 16)
         n_zt, n_pt = triton.cdiv(h, th * zc), 1
@@ -216,7 +222,9 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
         th = th or _pow2_at_least(h + 2 * halo, max(8, triton.next_power_of_2(2 * halo + 4)), 32)
         n_pt = triton.cdiv(h, max(th - 2 * halo, 1))
     n_wt = triton.cdiv(w, max(tw - 2 * halo, 1))
-    lanes_per_thread = lanes_per_thread or (2 if live <= 64 else 1)
+    lanes_per_thread = lanes_per_thread or (2 if light else 1)
+    wvec = wvec or (4 if bands and light else 1)
+    scratch = not bands and (light if scratch is None else scratch)
     num_warps = max(1, min(16, th * tw // (32 * lanes_per_thread)))
     if not bands:
         slots = sms * max(1, 16 // num_warps)
