@@ -4,7 +4,8 @@
 # start still allows a short second call). Everything it writes goes to $OUT (default bench/results/), no folders:
 #   env.txt        nvidia-smi, versions, git commit, how fedgin was made importable
 #   gpu-tests.log  python -m pytest -m gpu <test files that use the gpu marker> (-n 8 -v where pytest-xdist is)
-#   bench.log      Nsight Compute's sections for the 2D and 3D stream kernels, the suite's output, the sweep's
+#   bench.log      the host cost of a GIN call (bench.host_cost), Nsight Compute's sections (opt-in), the suite's
+#                  output, the sweep's
 #   <date>-<device>-paper.json / .md / .png   the suite's report
 #   <date>-<device>-sweep.json / .md   the kernel's tile plans side by side (python -m bench.sweep)
 # Eight files in all: the most the device tool brings back from $OUT.
@@ -17,12 +18,12 @@
 #   this checkout: as they are, else `pip install --no-deps --no-index --no-build-isolation -e .` (offline),
 #   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/
 #   (what the H200 image of 2026-11-27 needed).
-# Knobs: GPU_SH_STEPS (default "tests bench sweep"; add ncu for Nsight Compute on the two headline stream kernels,
-# GPU_SH_NCU_S each, default 60 s, into bench.log: the second run had it), GPU_SH_BUDGET_S (whole script, default
-# 520 s), GPU_SH_TESTS_S (tests, default 200 s: 150 s stopped the second run's at ~45 of 57), GPU_SH_TEST_WORKERS
-# (pytest-xdist workers, default 8), GPU_SH_SWEEP_S (kept for the sweep at the end, default 150 s), GPU_SH_PRESET
-# (default paper; quick makes a CPU dry run of this script, where the sweep checks its stand-in plans through
-# Triton's interpreter).
+# Knobs: GPU_SH_STEPS (default "tests host bench sweep"; host: python -m bench.host_cost into bench.log; add
+# ncu for Nsight Compute on the two headline stream kernels, GPU_SH_NCU_S each, default 60 s, into bench.log: the
+# second run had it), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 200 s: 150 s
+# stopped the second run's at ~45 of 57), GPU_SH_TEST_WORKERS (pytest-xdist workers, default 8), GPU_SH_SWEEP_S
+# (kept for the sweep at the end, default 150 s), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this
+# script, where the sweep checks its stand-in plans through Triton's interpreter).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -107,7 +108,7 @@ PYEOF
   echo "PYTHONPATH=$PYTHONPATH"
 } >"$OUT/env.txt" 2>&1
 
-STEPS=${GPU_SH_STEPS:-tests bench sweep}
+STEPS=${GPU_SH_STEPS:-tests host bench sweep}
 TESTS_RC=0
 mapfile -t GPU_FILES < <(grep -l -E "mark\.gpu" tests/test_*.py 2>/dev/null)
 if [[ $STEPS != *tests* ]]; then
@@ -125,6 +126,11 @@ else
 fi
 
 : >"$OUT/bench.log"
+if [[ $STEPS == *host* ]]; then  # the host time of a GIN call (draw, launches), as in the e2e step
+  echo "== python -m bench.host_cost" >>"$OUT/bench.log"
+  timeout 60 "$PY" -m bench.host_cost >>"$OUT/bench.log" 2>&1
+  echo "== host_cost rc $?" >>"$OUT/bench.log"
+fi
 if [[ $STEPS == *ncu* ]]; then
   # Nsight Compute on the two headline stream kernels: default plan and the issue model's candidate (NOTES v1.7)
   NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)

@@ -146,6 +146,11 @@ def _pow2_at_least(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
 
 
+# the largest stack the v1.8 plans were timed on (4 layers 3x3, C 3, M 2: 27 live tiles); 8 such layers (51) took
+# 255 registers and spilled with them in 2D (ptxas, sm_90a), against 128 and 32 bytes with v1.5's plan
+SWEPT_LIVE = 32
+
+
 def live_tiles(channels: int, interm: int, kernel_sizes: tuple[int, ...]) -> int:
     """Tiles a lane keeps live while a plane crosses the stack: each layer's pending and arriving accumulators
     (``COUT x K``). The register pressure the plan sizes lanes by (bench/NOTES.md, "Plans and ptxas")."""
@@ -181,9 +186,9 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     sets ``maxnreg`` to the most a CTA of the plan can have: without it, ptxas gave such kernels 32 to 64
     registers and spilled tens of KB (ptxas for sm_90a, bench/NOTES.md).
 
-    Light stacks take the plan sweep's winners (H200, float32, 2026-11-27; bench/NOTES.md, v1.8): 2D tiles of at
-    most 32 columns with the weights loaded 4 at a time (1.38x v1.5's 64 columns, one load a weight), 3D shifts
-    through the scratch (1.39x ``tl.gather``).
+    Stacks of at most :data:`SWEPT_LIVE` live tiles take the plan sweep's winners (H200, float32, 2026-11-27;
+    bench/NOTES.md, v1.8): 2D tiles of at most 32 columns with the weights loaded 4 at a time (1.38x v1.5's 64
+    columns, one load a weight), 3D shifts through the scratch (1.39x ``tl.gather``).
 
     3D chunks: :func:`_stream_chunk` over ``sms`` streaming multiprocessors, one 16-warp CTA each (ptxas gives
     the 32 x 32 plan 128 registers a thread: the whole register file), or proportionally more for fewer warps.
@@ -209,9 +214,10 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
     light = live <= 64
+    swept = live <= SWEPT_LIVE
     if bands:
         _, _, h, w = shape
-        tw = tw or _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 32 if light else 64)
+        tw = tw or _pow2_at_least(w + 2 * halo, max(16, triton.next_power_of_2(2 * halo + 8)), 32 if swept else 64)
         zc = min(zc or 32, h)
         th = th or _pow2_at_least(triton.cdiv(h, zc), 1, 16)
         n_zt, n_pt = triton.cdiv(h, th * zc), 1
@@ -223,8 +229,8 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
         n_pt = triton.cdiv(h, max(th - 2 * halo, 1))
     n_wt = triton.cdiv(w, max(tw - 2 * halo, 1))
     lanes_per_thread = lanes_per_thread or (2 if light else 1)
-    wvec = wvec or (4 if bands and light else 1)
-    scratch = not bands and (light if scratch is None else scratch)
+    wvec = wvec or (4 if bands and swept else 1)
+    scratch = not bands and (swept if scratch is None else scratch)
     num_warps = max(1, min(16, th * tw // (32 * lanes_per_thread)))
     if not bands:
         slots = sms * max(1, 16 // num_warps)

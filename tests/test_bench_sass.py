@@ -38,7 +38,7 @@ def test_plane_loop_is_the_largest_backward_branch():
 
 
 def test_model_charges_the_busiest_pipe_and_each_wave():
-    plan = make_plan((64, 3, 256, 256), (3, 3, 3, 3), 2, lanes_per_thread=4)  # 4 warps
+    plan = make_plan((64, 3, 256, 256), (3, 3, 3, 3), 2, lanes_per_thread=4, tw=64)  # 4 warps
     assert plan.num_warps == 4
     loop = {"issue": 8, "fp32": 4, "alu": 2, "mio": 3}  # clocks a warp step: 2, 1, 1, 3
     us, limit, ctas = sass.model(loop, plan, programs=132 * 4, steps=10, registers=128, sms=132)

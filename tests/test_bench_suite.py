@@ -155,3 +155,17 @@ def test_ncu_target_runs_the_default_and_the_candidate_plan_to_the_same_gin(dims
     default, cand = ncu_target.run_plans(case, ({}, ncu_target.CANDIDATES[dims]), torch.device("cpu"))
     assert torch.isfinite(cand).all()
     torch.testing.assert_close(cand, default, rtol=1e-5, atol=1e-5)
+
+
+def test_host_cost_times_the_draw_and_the_call_of_each_implementation(capsys):
+    """The host-cost probe (bench/gpu.sh's ``host`` step) on the CPU: a row per implementation with positive
+    times, the drained call no cheaper than the draw, and the profiler's table of host ops."""
+    from fedgin.bench import host_cost
+
+    rows = host_cost.host_cost(Case(2, 3, (17, 13)), ["reference", "loop"], torch.device("cpu"), reps=3)
+    assert [r["impl"] for r in rows] == ["reference", "loop"]
+    assert all(r["draw_us"] > 0 and r["call_us"] > 0 and r["drained_us"] > r["draw_us"] for r in rows)
+    assert "Self CPU" in host_cost.profile_table(Case(2, 3, (17, 13)), "reference", torch.device("cpu"))
+    assert host_cost.main(["--reps", "1", "--impl", "reference", "triton"]) == 0
+    out = capsys.readouterr().out
+    assert "| reference |" in out and "| triton |" not in out  # the interpreter is not timed

@@ -41,8 +41,9 @@ def test_lanes_a_thread_follow_the_register_pressure():
     k8 = (3,) * 8
     assert live_tiles(3, 2, (3, 3, 3, 3)) == 27 and live_tiles(3, 2, k8) == 51 and live_tiles(4, 8, k8) == 180
     light, medium = make_plan((64, 3, 256, 256), (3, 3, 3, 3), 2), make_plan((64, 3, 256, 256), k8, 2)
-    assert (light.num_warps, light.maxnreg) == (8, None)  # 8 x 64 lanes, 2 a thread (4 up to v1.4: 1.15x slower)
-    assert (medium.num_warps, medium.maxnreg) == (8, None)  # 2 a thread: 170 registers, no spill (ptxas)
+    assert (light.num_warps, light.wvec) == (4, 4)  # 8 x 32 lanes, 2 a thread (4 up to v1.4: 1.15x slower), v1.8
+    assert (medium.num_warps, medium.maxnreg, medium.wvec) == (8, None, 1)  # v1.5's 8 x 64: v1.8's spilled here
+    assert make_plan((2, 3, 16, 64, 64), k8, 2).scratch is False and make_plan((2, 3, 16, 64, 64), (3, 3), 2).scratch
     heavy = make_plan((16, 4, 128, 128), k8, 8)  # 1 a thread, and a register cap ptxas would not choose
     assert (heavy.th * heavy.tw // 32, heavy.num_warps, heavy.maxnreg) == (8, 8, 255)
     assert make_plan((2, 3, 128, 128, 128), (3, 3, 3, 3), 2).num_warps == 16
