@@ -132,7 +132,7 @@ if [[ $STEPS == *host* ]]; then  # the host time of a GIN call (draw, launches),
   echo "== host_cost rc $?" >>"$OUT/bench.log"
 fi
 if [[ $STEPS == *ncu* ]]; then
-  # Nsight Compute on the two headline stream kernels: default plan and the issue model's candidate (NOTES v1.7)
+  # Nsight Compute on the two headline stream kernels: the default plan and v1.5's (NOTES v1.8)
   NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
   for dims in 2d 3d; do
     echo "== ncu: bench.ncu_target $dims" >>"$OUT/bench.log"

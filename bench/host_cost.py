@@ -39,6 +39,7 @@ def host_cost(case: Case, impls: list[str], device: torch.device, reps: int = 50
     """One row per implementation: ``draw_us``, ``call_us`` (queued), ``drained_us`` (draw + call + sync)."""
     x = image_like(case, device, torch.Generator(device=device).manual_seed(0))
     gen = torch.Generator().manual_seed(0)
+
     def row(name: str, fn: Callable) -> dict:
         params = draw_params(case, device, generator=gen)
         for _ in range(3):  # compiles and caches

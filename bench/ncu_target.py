@@ -12,9 +12,9 @@ import sys
 import torch
 
 from fedgin.kernels import gin_fused, make_plan
+from fedgin.kernels.launch import V15_2D, V15_3D
 
 from .cases import Case, draw_params, image_like
-from .sweep import V15_2D, V15_3D
 
 CASES = {"2d": Case(64, 3, (256, 256)), "3d": Case(2, 3, (128,) * 3)}
 CANDIDATES = {"2d": V15_2D, "3d": V15_3D}

@@ -29,7 +29,7 @@ import torch
 
 from fedgin import reference_apply
 from fedgin.kernels import gin_fused, make_plan
-from fedgin.kernels.launch import stream_modes
+from fedgin.kernels.launch import V15_2D, V15_3D, stream_modes
 
 from . import timing
 from .cases import K3X8, Case, draw_params, image_like
@@ -40,7 +40,6 @@ from .suite import TOLERANCE, relative_error, resolve_device
 
 Candidates = tuple[dict, ...]
 
-V15_2D, V15_3D = {"tw": 64, "wvec": 1}, {"scratch": False}  # v1.5's default plans
 # (case, candidate overrides); the default plan first. Ordered by importance: the budget cuts the tail.
 GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
     # v1.8's defaults (the 2026-11-27 sweep's fp32 winners) against v1.5's: 2D 64 columns with one weight load at a

@@ -19,16 +19,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import gin
-from .launch import PBLOCK, SCALE_BLOCK, Plan, make_plan, stream_args, stream_modes
+from .launch import PBLOCK, SCALE_BLOCK, V15_2D, V15_3D, Plan, make_plan, stream_args, stream_modes
 
 TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
-# plans the sweep (bench/sweep.py) times against the defaults: v1.5's default tiles (2D 64 columns with one weight
-# load at a time, 3D shifts by tl.gather) and the 3D weights loaded 4 at a time
-ALTERNATIVES = {(2, 3, 512, 300): ({"tw": 64, "wvec": 1},),
-                (2, 3, 16, 128, 128): ({"scratch": False}, {"scratch": True, "wvec": 4})}
+# plans the sweep (bench/sweep.py) times against the defaults: v1.5's, and the 3D weights loaded 4 at a time
+ALTERNATIVES = {(2, 3, 512, 300): (V15_2D,), (2, 3, 16, 128, 128): (V15_3D, {"wvec": 4})}
 
 
 class Shape:

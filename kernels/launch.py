@@ -149,6 +149,8 @@ def _pow2_at_least(n: int, lo: int, hi: int) -> int:
 # the largest stack the v1.8 plans were timed on (4 layers 3x3, C 3, M 2: 27 live tiles); 8 such layers (51) took
 # 255 registers and spilled with them in 2D (ptxas, sm_90a), against 128 and 32 bytes with v1.5's plan
 SWEPT_LIVE = 32
+# v1.5's default plans as make_plan overrides, which the plan sweep and the sm_90 compile check keep beside v1.8's
+V15_2D, V15_3D = {"tw": 64, "wvec": 1}, {"scratch": False}
 
 
 def live_tiles(channels: int, interm: int, kernel_sizes: tuple[int, ...]) -> int:

@@ -5,8 +5,8 @@ import torch
 
 from fedgin import gin_apply, reference_apply
 from fedgin.augment import ipa_mask
-from fedgin.bench.sweep import V15_2D, V15_3D
 from fedgin.kernels import gin_fused, gin_ipa_fused, make_plan
+from fedgin.kernels.launch import V15_2D, V15_3D
 
 from kernel_cases import TOL, draw, image_like, rel_error
 
