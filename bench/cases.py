@@ -86,6 +86,14 @@ class Case:
                          per_sample=per_sample, layer_kernel_sizes=self.kernel_sizes)
 
 
+SHARED = "shared_network"  # a plan-sweep candidate's key beside make_plan's: time it on a one-network draw
+
+
+def split_candidate(candidate: dict) -> tuple[dict, bool]:
+    """(``make_plan`` keywords, whether the draw shares one network for the batch) of a plan-sweep candidate."""
+    return {k: v for k, v in candidate.items() if k != SHARED}, bool(candidate.get(SHARED, False))
+
+
 def draw_params(case: Case, device: torch.device | str, per_sample: bool = True,
                 generator: torch.Generator | None = None) -> GINParams:
     """A GIN draw for ``case`` with exactly its per-layer kernel sizes (drawn on the CPU, moved to ``device``).

@@ -8,7 +8,10 @@ per SM pipe. One warp's step costs the SM at least ``max(issue, fp32, alu, mio)`
 - fp32: FFMA / FADD / FMUL and the packed half ops, 4 warp instructions a clock (128 lanes);
 - alu: integer, compare, select and logic, 2 a clock (64 lanes);
 - mio: global, shared and shuffle traffic (LDG, STG, LDS, STS, SHFL, atomics), 1 warp instruction a clock
-  (32 load-store lanes an SM; the CUDA guide's 32 shuffles a clock).
+  (32 load-store lanes an SM; the CUDA guide's 32 shuffles a clock), a 64- or 128-bit access counting 2 or 4: the
+  pipe moves 32 words a clock, so four weights in one 128-bit load cost what four loads do. The second H200 run
+  says so: with widths counted, 14 of its 15 timed plans sit at 1.42-1.62x their bound, without, the 128-bit ones
+  sat at 1.9-2.6x (bench/NOTES.md, v1.9). ``ULDC`` (kernel arguments into uniform registers) only issues.
 
 These are the throughputs of the CUDA C++ guide's table for compute capability 9.0; latency, dependencies and
 bank conflicts are not modelled, so the time is a bound, not a prediction of itself. What it is for: comparing
@@ -33,7 +36,7 @@ import triton
 from fedgin.kernels import aot
 from fedgin.kernels.launch import H100_SMS, Plan, make_plan, stream_args, stream_modes
 
-from .cases import Case
+from .cases import Case, split_candidate
 
 CLOCK_GHZ = 1.98  # H100 / H200 SXM boost clock
 REGISTERS_PER_SM = 65536
@@ -43,15 +46,16 @@ FP32 = {"FFMA", "FADD", "FMUL", "HFMA2", "HADD2", "HMUL2", "FMNMX", "FSEL"}
 ALU = {"IADD3", "IMAD", "ISETP", "LOP3", "SEL", "SHF", "LEA", "FSETP", "PLOP3", "IMNMX", "PRMT", "IABS", "F2I",
        "I2F", "F2F", "MOV", "P2R", "R2P"}
 MIO = {"LDG", "STG", "LDS", "STS", "SHFL", "ATOM", "ATOMG", "RED", "LDSM", "LDGSTS", "LD", "ST", "LDL", "STL"}
+WIDE = {"LDG", "STG", "LDS", "STS", "LD", "ST", "LDL", "STL"}  # accesses of 32, 64 or 128 bits a lane
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-_INSTR = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
+_INSTR = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")
 _LABEL = re.compile(r"^(\.L_x_\d+):")
 _BRANCH = re.compile(r"BRA\s+`\((\.L_x_\d+)\)")
 
 
 def plane_loop(sass: str) -> list[str]:
-    """Opcodes of the largest loop body in ``sass`` (``nvdisasm -c`` text): from a label to the last backward
-    branch to it. The stream kernel's plane loop is its largest loop."""
+    """Opcodes, with their modifiers (``LDG.E.128``), of the largest loop body in ``sass`` (``nvdisasm -c`` text):
+    from a label to the last backward branch to it. The stream kernel's plane loop is its largest loop."""
     ops: list[str] = []
     labels: dict[str, int] = {}
     best: tuple[int, int] = (0, 0)
@@ -70,13 +74,29 @@ def plane_loop(sass: str) -> list[str]:
     return ops[best[0]:best[1]]
 
 
+def base(op: str) -> str:
+    """``op`` without its modifiers: ``LDG.E.128`` is an ``LDG``."""
+    return op.split(".", 1)[0]
+
+
+def mio_slots(op: str) -> int:
+    """Clocks of the load-store pipe ``op`` takes: its 32-bit words a lane (module docstring)."""
+    name = base(op)
+    if name not in MIO:
+        return 0
+    if name in WIDE:
+        return 4 if ".128" in op else 2 if ".64" in op else 1
+    return 1
+
+
 def pipe_counts(ops: list[str]) -> dict[str, int]:
-    """Warp instructions per pipe (``issue`` counts them all)."""
+    """Warp instructions per pipe (``issue`` counts them all; ``mio`` its clocks, :func:`mio_slots`)."""
     counts = Counter({"issue": len(ops), "fp32": 0, "alu": 0, "mio": 0})
     for op in ops:
-        for pipe, names in (("fp32", FP32), ("alu", ALU), ("mio", MIO)):
-            if op in names:
-                counts[pipe] += 1
+        name = base(op)
+        counts["fp32"] += name in FP32
+        counts["alu"] += name in ALU
+        counts["mio"] += mio_slots(op)
     return dict(counts)
 
 
@@ -90,7 +110,7 @@ class Bound:
     local: int  # of which spill loads and stores (LDL, STL)
     ctas_per_sm: int
     steps: int  # plane steps per program
-    programs: int
+    programs: int  # CTAs a launch (a launch a sample with ``plan.wargs``)
     us: float  # the bound, microseconds
     limit: str  # the pipe that sets it
     sms: int = H100_SMS
@@ -126,9 +146,10 @@ def registers(cubin: bytes) -> int:
 
 
 def model(loop: dict[str, int], plan: Plan, programs: int, steps: int, registers: int, sms: int = H100_SMS,
-          shared: int = 0) -> tuple[float, str, int]:
-    """(bound in µs, limiting pipe, CTAs an SM) for ``programs`` CTAs of ``plan.num_warps`` warps, each running
-    ``steps`` plane steps of the ``loop`` counts, with ``registers`` a thread and ``shared`` bytes a CTA."""
+          shared: int = 0, launches: int = 1) -> tuple[float, str, int]:
+    """(bound in µs, limiting pipe, CTAs an SM) for ``launches`` grids of ``programs`` CTAs of ``plan.num_warps``
+    warps, each running ``steps`` plane steps of the ``loop`` counts, with ``registers`` a thread and ``shared``
+    bytes a CTA."""
     threads = 32 * plan.num_warps
     ctas = min(32, REGISTERS_PER_SM // (max(registers, 16) * threads), 64 // plan.num_warps)
     ctas = max(1, min(ctas, SHARED_PER_SM // shared) if shared else ctas)
@@ -139,14 +160,16 @@ def model(loop: dict[str, int], plan: Plan, programs: int, steps: int, registers
         wave = min(left, sms * ctas)
         clocks += math.ceil(wave / sms) * plan.num_warps * steps * per_step[limit]
         left -= wave
-    return clocks / (CLOCK_GHZ * 1e3), limit, ctas
+    return launches * clocks / (CLOCK_GHZ * 1e3), limit, ctas
 
 
 def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sms: int = H100_SMS,
           plan: Plan | None = None) -> Bound:
-    """Compile ``case``'s stream kernel for sm_90 with ``plan`` (default: ``make_plan(**overrides)``) and bound it;
-    ``mode``: the first pass the call launches unless given."""
-    plan = plan or make_plan(case.shape, case.kernel_sizes, case.interm, sms=sms, **(overrides or {}))
+    """Compile ``case``'s stream kernel for sm_90 with ``plan`` (default: ``make_plan`` with the sweep candidate
+    ``overrides``) and bound it; ``mode``: the first pass the call launches unless given. A ``wargs`` plan launches
+    once a sample, or once for the batch where the candidate shares one network."""
+    keywords, shared = split_candidate(overrides or {})
+    plan = plan or make_plan(case.shape, case.kernel_sizes, case.interm, sms=sms, **keywords)
     mode = stream_modes(case.torch_dtype, plan.finish)[0] if mode is None else mode
     plan, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, case.channels,
                                          case.interm, mode, plan)
@@ -155,9 +178,11 @@ def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sm
     loop = pipe_counts(ops)
     shape = aot.Shape(case.kernel_sizes, case.channels, case.interm)
     steps = stream_args(torch.empty(case.shape, device="meta"), shape, plan)["n_steps"]
-    programs = case.batch * plan.n_tiles
-    us, limit, ctas = model(loop, plan, programs, steps, regs, sms, compiled.metadata.shared)
-    return Bound(plan, regs, loop, ops.count("LDL") + ops.count("STL"), ctas, steps, programs, us, limit, sms)
+    launches = case.batch if plan.wargs and not shared else 1  # a launch a sample, or one for the batch
+    programs = case.batch * plan.n_tiles // launches
+    us, limit, ctas = model(loop, plan, programs, steps, regs, sms, compiled.metadata.shared, launches)
+    local = sum(base(op) in ("LDL", "STL") for op in ops)
+    return Bound(plan, regs, loop, local, ctas, steps, programs, us, limit, sms)
 
 
 def call_bound_us(case: Case, passes: list[Bound], copy_gb_s: float) -> float:
@@ -179,7 +204,8 @@ def calibrate(report: dict, cases: list[Case]) -> list[dict]:
         if row["status"] != "ok" or case is None or not measured:
             continue
         plan = Plan(**row["plan"])
-        passes = [bound(case, mode=mode, plan=plan) for mode in stream_modes(case.torch_dtype, plan.finish)]
+        modes = stream_modes(case.torch_dtype, plan.finish)
+        passes = [bound(case, row["overrides"], mode, plan=plan) for mode in modes]
         us = call_bound_us(case, passes, report["copy"]["gb_s"])
         rows.append({"case": case.label, "overrides": row["overrides"], "warps_per_sm": passes[0].warps_per_sm,
                      "measured_us": round(measured * 1e3, 1), "bound_us": round(us, 1),

@@ -1,7 +1,8 @@
 """The plan sweep: the fused kernel's tile plans side by side, to tune :func:`fedgin.kernels.make_plan` on a GPU.
 
 ``python -m bench.sweep [--out DIR] [--budget-s S] [--ptxas]``. For each headline case, every candidate plan
-(``make_plan`` keyword overrides; ``{}`` is the default plan) is checked against the float64 reference on the
+(``make_plan`` keyword overrides; ``{}`` is the default plan; ``"shared_network": true`` beside them draws one
+network for the batch, the FedGIN authors' configuration) is checked against the float64 reference on the
 same draw, then the whole call (stream pass + scale pass, or the one launch of ``finish``) is timed: median
 with L2 flushed, and on a GPU also replayed from a CUDA graph (no Python launch overhead; GB/s, share of the
 copy bandwidth measured in the same run and speedup over the default plan are from that time). The report is
@@ -10,9 +11,8 @@ small stand-in cases through Triton's interpreter (a check of the sweep, not a t
 GPU candidates for sm_90 on the CPU instead and reports registers and spills. Exit status 1 when a plan gave a
 wrong result or crashed (a plan the launcher refuses is reported as refused).
 
-Why these candidates (bench/NOTES.md): the default plans leave SMs idle in the last wave (3D: 200 CTAs of 16
-warps at one CTA an SM on 132 SMs) and run few warps an SM (2D: 4 warps at 211 registers); the candidates trade
-halo recompute and warm-up against occupancy and wave fit.
+Why these candidates: bench/NOTES.md, v1.8 and v1.9 (every measured plan was limited by the load-store pipe, mostly
+by the per-sample weights; the v1.9 candidates pass them as kernel arguments).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.launch import V15_2D, V15_3D, stream_modes
 
 from . import timing
-from .cases import K3X8, Case, draw_params, image_like
+from .cases import K3X8, Case, draw_params, image_like, split_candidate
 from .cli import out_dir
 from .environment import environment
 from .report import atomic_write
@@ -42,14 +42,15 @@ Candidates = tuple[dict, ...]
 
 # (case, candidate overrides); the default plan first. Ordered by importance: the budget cuts the tail.
 GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
-    # v1.8's defaults (the 2026-11-27 sweep's fp32 winners) against v1.5's: 2D 64 columns with one weight load at a
-    # time, 3D shifts by tl.gather; then the dtypes that sweep did not reach (bench/NOTES.md, v1.8)
-    (Case(64, 3, (256, 256)), ({}, V15_2D, {"wvec": 1}, {"wvec": 4, "tw": 32, "maxnreg": 128})),
-    (Case(2, 3, (128,) * 3), ({}, V15_3D, {"wvec": 4})),
+    # v1.9's candidate first: 3D weights as kernel arguments, a launch a sample (predicted 1.43x v1.8's default in
+    # float32); v1.5's plans as the baseline the v1.8 defaults were chosen against; then the dtypes the second run did
+    # not reach (bench/NOTES.md, v1.8 and v1.9)
+    (Case(2, 3, (128,) * 3), ({}, {"wargs": True}, {"wargs": True, "shared_network": True}, V15_3D)),
+    (Case(64, 3, (256, 256)), ({}, {"wargs": True, "shared_network": True}, V15_2D)),
+    (Case(2, 3, (128,) * 3, "bf16"), ({}, {"wargs": True}, V15_3D)),
+    (Case(2, 3, (128,) * 3, "fp16"), ({}, {"wargs": True}, V15_3D)),
     (Case(64, 3, (256, 256), "bf16"), ({}, V15_2D)),
-    (Case(2, 3, (128,) * 3, "bf16"), ({}, V15_3D)),
-    (Case(2, 3, (128,) * 3, "fp16"), ({}, V15_3D)),
-    (Case(4, 1, (96,) * 3), ({}, V15_3D, {"zc": 24})),
+    (Case(4, 1, (96,) * 3), ({}, {"wargs": True}, V15_3D)),
     (Case(16, 4, (128, 128), kernel_sizes=K3X8, interm=8), (
         {}, {"th": 1, "tw": 32}, {"th": 1, "tw": 64}, {"th": 2, "tw": 32})),
 )
@@ -78,15 +79,19 @@ def sweep_case(case: Case, candidates: Candidates, device: torch.device, setting
     """One row per candidate plan of ``case``: checked, then timed (or failed with its error)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     xs = [image_like(case, device, gen) for _ in range(timing.rotation_count(case.min_bytes // 2, device))]
-    params = draw_params(case, device, generator=torch.Generator().manual_seed(seed))
-    ref = reference_apply(xs[0].double(), params)
+    draws: dict[bool, tuple] = {}  # shared network or not: (draw, its float64 reference)
     rows: list[dict] = []
     for overrides in candidates:
         row = {"case": case.label, "case_id": case.id, "overrides": overrides, "plan": None, "programs": None,
                "status": None, "reason": None, "rel_error": None, "ms": None, "ms_graph": None}
         try:
-            plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
+            keywords, shared = split_candidate(overrides)
+            plan = make_plan(case.shape, case.kernel_sizes, case.interm, **keywords)
             row.update(plan=asdict(plan), programs=_programs(case, plan))
+            if shared not in draws:
+                params = draw_params(case, device, per_sample=not shared, generator=torch.Generator().manual_seed(seed))
+                draws[shared] = params, reference_apply(xs[0].double(), params)
+            params, ref = draws[shared]
             out = torch.full_like(xs[0], float("nan"))
             try:
                 gin_fused(xs[0], params, out=out, plan=plan)
@@ -121,7 +126,8 @@ def _plan_text(plan: dict | None) -> str:
         return "-"
     cap = f", maxnreg {plan['maxnreg']}" if plan["maxnreg"] else ""
     one = ", 1 launch" if plan["finish"] else ""
-    return f"{plan['th']} x {plan['tw']}, {plan['zc']}, {plan['num_warps']}{cap}{one}"
+    per_sample = ", weights as arguments" if plan.get("wargs") else ""
+    return f"{plan['th']} x {plan['tw']}, {plan['zc']}, {plan['num_warps']}{cap}{one}{per_sample}"
 
 
 def markdown(report: dict) -> str:
@@ -188,7 +194,7 @@ def ptxas_table(sweep: tuple[tuple[Case, Candidates], ...]) -> str:
     lines = ["| case | overrides | warps | programs | ptxas (sm_90a) |", "|---|---|---:|---:|---|"]
     for case, candidates in sweep:
         for overrides in candidates:
-            plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
+            plan = make_plan(case.shape, case.kernel_sizes, case.interm, **split_candidate(overrides)[0])
             for mode in stream_modes(case.torch_dtype, plan.finish):
                 report = aot.compile_stream(case.shape, case.kernel_sizes, case.torch_dtype, case.channels,
                                             case.interm, mode, plan).split(" | ", 1)[1]

@@ -74,6 +74,7 @@ class GINParams:
     biases: list[Tensor]
     alphas: Tensor
     config: GINConfig = field(default_factory=GINConfig)
+    _host: GINParams | None = field(default=None, repr=False, compare=False)  # the CPU draw it was moved from
 
     @property
     def batch(self) -> int:
@@ -134,17 +135,30 @@ class GINParams:
             ws.append(w)
             bs.append(b)
         alphas = torch.rand((batch,), generator=generator, device=gen_device)
+        drawn = cls(tuple(ks), [w.expand(batch, *w.shape[1:]) for w in ws], [b.expand(batch, -1) for b in bs],
+                    alphas, cfg)
         dev = torch.device(device) if device is not None else gen_device
-        *moved, alphas = to_device([*ws, *bs, alphas], dev)
+        if dev == gen_device:
+            return drawn
+        *moved, alphas = to_device([*ws, *bs, alphas], dev)  # the unexpanded draw: one copy of a shared network
         ws, bs = moved[:len(ws)], moved[len(ws):]
         return cls(tuple(ks), [w.expand(batch, *w.shape[1:]) for w in ws], [b.expand(batch, -1) for b in bs],
-                   alphas, cfg)
+                   alphas, cfg, drawn if gen_device.type == "cpu" and dev.type != "cpu" else None)
 
     def to(self, device: torch.device | str) -> GINParams:
-        """The same draw on another device."""
+        """The same draw on another device (moved from the CPU, it keeps its CPU copy: :meth:`on_host`)."""
+        device = torch.device(device)
         n = len(self.weights)
-        *moved, alphas = to_device([*self.weights, *self.biases, self.alphas], torch.device(device))
-        return replace(self, weights=moved[:n], biases=moved[n:], alphas=alphas)
+        *moved, alphas = to_device([*self.weights, *self.biases, self.alphas], device)
+        host = self if self.device.type == "cpu" else self._host
+        return replace(self, weights=moved[:n], biases=moved[n:], alphas=alphas,
+                       _host=None if device.type == "cpu" else host)
+
+    def on_host(self) -> GINParams:
+        """The same draw on the CPU: itself, the copy it was moved from, or a copy (which waits for the GPU)."""
+        if self.device.type == "cpu":
+            return self
+        return self._host if self._host is not None else self.to("cpu")
 
 
 def to_device(parts: list[Tensor], device: torch.device) -> list[Tensor]:

@@ -19,14 +19,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import gin
-from .launch import PBLOCK, SCALE_BLOCK, V15_2D, V15_3D, Plan, make_plan, stream_args, stream_modes
+from .launch import PBLOCK, SCALE_BLOCK, V15_2D, V15_3D, Plan, arg_floats, make_plan, stream_args, stream_modes
 
 TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
-# plans the sweep (bench/sweep.py) times against the defaults: v1.5's, and the 3D weights loaded 4 at a time
-ALTERNATIVES = {(2, 3, 512, 300): (V15_2D,), (2, 3, 16, 128, 128): (V15_3D, {"wvec": 4})}
+# plans the sweep (bench/sweep.py) times against the defaults: v1.5's, and the 3D weights as kernel arguments
+ALTERNATIVES = {(2, 3, 512, 300): (V15_2D,), (2, 3, 16, 128, 128): (V15_3D, {"wargs": True})}
 
 
 class Shape:
@@ -72,6 +72,8 @@ def _signature(kernel, args: dict, dtype: torch.dtype) -> tuple[dict, dict]:
             sig[name], const[name] = "constexpr", args[name]
         elif name in _FLOATS:
             sig[name] = "fp32"
+        elif name == "wargs":  # a parameter row as kernel arguments, or nothing
+            sig[name] = ("fp32",) * len(args[name])
         elif args.get(name) == 1 and not kernel.params[names.index(name)].do_not_specialize:
             # as at launch: Triton specializes an integer argument equal to 1 as a constant
             sig[name], const[name] = "constexpr", 1
@@ -104,6 +106,8 @@ def compiled_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, pla
     plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm, finish=mode == int(gin.STORE_FINISH))
     # prm_stride: a multiple of 16 (pack_params), which a launch specializes on as it does on aligned pointers
     args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 16}
+    if plan.wargs:
+        args["wargs"] = (0.5,) * arg_floats(channels, interm, params.kernel_sizes, len(shape) - 2)
     sig, const = _signature(gin.gin_stream_kernel, args, dtype)
     options = {k: args[k] for k in LAUNCH_OPTIONS if k in args}
     names = gin.gin_stream_kernel.arg_names

@@ -76,13 +76,18 @@ def _shift(t, dp: tl.constexpr, dw: tl.constexpr, TH: tl.constexpr, TW: tl.const
 
 
 @triton.jit
-def _scatter(acc, v, g_ptr, COUT: tl.constexpr, K: tl.constexpr, WVEC: tl.constexpr):
+def _scatter(acc, v, g_ptr, wargs, G0: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, WVEC: tl.constexpr,
+             WARGS: tl.constexpr):
     """Add one shifted input plane ``v`` to all ``COUT x K`` accumulators; ``g_ptr``: the plane's weight group
     (``acc[co * K + m]``'s weight at ``g_ptr + co * K + m``; COUT x K padded to a multiple of 4, 16-byte aligned).
-    ``WVEC`` 4: 128-bit loads of four weights, one load instruction instead of four (bench/NOTES.md, v1.6)."""
+    ``WVEC`` 4: 128-bit loads of four weights, one load instruction instead of four (bench/NOTES.md, v1.6).
+    ``WARGS``: the weights are kernel arguments instead, ``wargs[G0 + co * K + m]`` (no load: bench/NOTES.md, v1.9)."""
     G: tl.constexpr = COUT * K
     ws = ()
-    if WVEC == 4:
+    if WARGS:
+        for i in tl.static_range(G):
+            ws = ws + (wargs[G0 + i],)
+    elif WVEC == 4:
         for q in tl.static_range((G + 3) // 4):
             a, b = tl.split(tl.reshape(tl.load(g_ptr + 4 * q + tl.arange(0, 4)), (2, 2)))
             a0, a1 = tl.split(a)
@@ -98,14 +103,16 @@ def _scatter(acc, v, g_ptr, COUT: tl.constexpr, K: tl.constexpr, WVEC: tl.conste
 
 
 @triton.jit
-def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_done_ok, slope, s_ptr, tile_off,
+def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_done_ok, slope, s_ptr, tile_off, wargs,
            CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
-           LAST: tl.constexpr, W, TH: tl.constexpr, TW: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr):
+           LAST: tl.constexpr, W, TH: tl.constexpr, TW: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr,
+           WOFF: tl.constexpr, WARGS: tl.constexpr):
     """One layer's step: scatter the arriving plane, return (the completed plane, the new pending planes).
 
     ``cur``: the arriving plane (CIN tensors), unused for the first layer, which loads the input at
     offsets ``xoff`` instead. Weights at ``w_ptr``: one group (:func:`_scatter`) per (input channel, tap along P,
-    tap along W), then the COUT biases (see :func:`fedgin.kernels.launch.pack_params`). ``SCRATCH``: later
+    tap along W), then the COUT biases (see :func:`fedgin.kernels.launch.pack_params`); with ``WARGS`` the same
+    floats from ``wargs[WOFF:]`` instead. ``SCRATCH``: later
     layers take their in-plane neighbours from the program's scratch at ``s_ptr`` (the plane stored at the lanes'
     ``tile_off``, then read back shifted: two barriers a layer) instead of ``tl.gather``; a lane at the tile's
     edge reads a neighbouring row's or program's value, which, like the clamped gather's, only reaches halo lanes.
@@ -143,12 +150,16 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_don
                         v = tl.load(s_ptr + ci * TH * TW + tile_off + ((dpi - RP) * TW + (dwi - R)))
                 else:
                     v = _shift(vw, dpi - RP, 0, TH, TW)
-                acc = _scatter(acc, v, w_ptr + ((ci * KP + dpi) * K + dwi) * GP, COUT, K, WVEC)
-    b_ptr = w_ptr + CIN * KP * K * GP
+                acc = _scatter(acc, v, w_ptr + ((ci * KP + dpi) * K + dwi) * GP, wargs,
+                               WOFF + ((ci * KP + dpi) * K + dwi) * GP, COUT, K, WVEC, WARGS)
+    BIAS: tl.constexpr = CIN * KP * K * GP
     done = ()
     new_pend = ()
     for co in tl.static_range(COUT):
-        h = acc[co * K] + tl.load(b_ptr + co)
+        if WARGS:
+            h = acc[co * K] + wargs[WOFF + BIAS + co]
+        else:
+            h = acc[co * K] + tl.load(w_ptr + BIAS + co)
         if not LAST:
             h = tl.where(h >= 0, h, h * slope)
             h = tl.where(plane_ok & z_done_ok, h, 0.0)  # zero padding for the next layer
@@ -158,19 +169,25 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_don
     return done, new_pend
 
 
-@triton.jit(do_not_specialize=["view_step"])  # 1 or 2 in GIN-IPA: one compiled kernel serves both
+# view_step is 1 or 2 in GIN-IPA, b0 and v0 any sample and view: one compiled kernel serves them all
+@triton.jit(do_not_specialize=["view_step", "nb", "b0", "v0"])
 def gin_stream_kernel(
     x_ptr, out_ptr, prm_ptr, part_ptr, cnt_ptr, scr_ptr,
-    S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, view_step, slope, eps,
+    S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, view_step, nb, b0, v0, slope, eps, wargs,
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
-    FBLOCK: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr, GUARD: tl.constexpr,
+    FBLOCK: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr, GUARD: tl.constexpr, WARGS: tl.constexpr,
 ):
-    """GIN over one tile of one sample; grid ``(n_tiles, B, V)``. See the module docstring.
+    """GIN over one tile of one sample; grid ``(n_tiles, B, V)``, or ``(n_tiles, 1, 1)`` with ``WARGS``. See the
+    module docstring.
 
-    V draws for one batch in one launch: program ``(tile, b, v)`` applies parameter row ``v * B + b`` (partial
-    norms row ``v * B + b``) to input sample ``b`` and writes output sample ``v * view_step * B + b``, so draw
-    ``v`` fills every ``view_step``-th view of ``out`` [views, B, C, *S]. One draw: V = 1, all rows ``b``.
+    V draws for a batch of ``nb`` in one launch: program ``(tile, b - b0, v - v0)`` applies parameter row
+    ``v * nb + b`` (partial norms row ``v * nb + b``) to input sample ``b`` and writes output sample
+    ``v * view_step * nb + b``, so draw ``v`` fills every ``view_step``-th view of ``out`` [views, nb, C, *S]. One
+    draw: V = 1, all rows ``b``. ``WARGS``: the weights and biases of the launch's rows (one sample's, or one network
+    a batch shares) are the tuple ``wargs``, a row's floats up to its alpha (kernel arguments: uniform registers
+    loaded from the constant bank, no load-store instruction; bench/NOTES.md, v1.9), and ``prm_ptr`` holds each
+    row's alpha; else ``wargs`` is empty and the rows are read at ``prm_ptr``.
 
     ``CH``: channels at each layer boundary (C, M, ..., M, C); ``OFF``: offset of each layer's packed
     weights and biases in a sample's parameter row. ``KS``: kernel size per layer (along S and W);
@@ -187,9 +204,9 @@ def gin_stream_kernel(
     C: tl.constexpr = CH[0]
     RP: tl.constexpr = 0 if BANDS else RH
     tile = tl.program_id(0)
-    b = tl.program_id(1)
-    v = tl.program_id(2)
-    row = v * tl.num_programs(1) + b  # parameter and partial-norm row
+    b = tl.program_id(1) + b0
+    v = tl.program_id(2) + v0
+    row = v * nb + b  # parameter and partial-norm row
     N = S * P * W
     N64 = N.to(tl.int64)
     PW = P * W
@@ -217,11 +234,14 @@ def gin_stream_kernel(
     xoff0 = prow * W + cols  # in-plane offset of each lane
 
     x_b = x_ptr + sample_base(b, 0, C, N)
-    o_b = out_ptr + sample_base(v * view_step * tl.num_programs(1) + b, 0, C, N)
+    o_b = out_ptr + sample_base(v * view_step * nb + b, 0, C, N)
     p_b = prm_ptr + row.to(tl.int64) * prm_stride
     s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * (CH[1] * TH * TW)
     tile_off = rows * TW + tl.arange(0, TW)[None, :]
-    alpha = tl.load(p_b + prm_stride - 1)
+    if WARGS:  # prm_ptr: the rows' alphas
+        alpha = tl.load(prm_ptr + row)
+    else:
+        alpha = tl.load(p_b + prm_stride - 1)
 
     scale = 1.0
     if MODE == STORE_SCALED:
@@ -248,8 +268,8 @@ def gin_stream_kernel(
             zd = zd - KS[l] // 2  # coordinate of the plane this layer completes
             w_ptr = p_b + OFF[l]
             cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok,
-                             (zd >= 0) & (zd < S), slope, s_b, tile_off, CH[l], CH[l + 1], KS[l], KPS[l], l == 0,
-                             l == L - 1, W, TH, TW, WVEC, SCRATCH)
+                             (zd >= 0) & (zd < S), slope, s_b, tile_off, wargs, CH[l], CH[l + 1], KS[l], KPS[l],
+                             l == 0, l == L - 1, W, TH, TW, WVEC, SCRATCH, OFF[l], WARGS)
             new_pend = new_pend + (lp,)
         pend = new_pend
         # zd == z - RS: the output plane that just completed

@@ -47,6 +47,7 @@ SCALE_BLOCK = 1024
 PBLOCK = 128
 H100_SMS = 132  # streaming multiprocessors of an H100 or H200 SXM: the plan's default (a CUDA call passes its own)
 FINISH_PER_THREAD = 16  # elements a thread a step of the one-launch rescale: 32 spilled in 1- and 2-warp CTAs (ptxas)
+WARGS_MAX_FLOATS = 960  # weights and biases as kernel arguments: 3840 bytes, in CUDA's classic 4 KB with the rest
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Plan:
     finish: bool = False  # one launch: each sample's last program rescales it (not for float16 output)
     wvec: int = 1  # weights loaded one by one, or 4 at a time (128-bit loads; the 2D default since v1.8)
     scratch: bool = False  # 3D: later layers' in-plane shifts through a per-program scratch (the default since v1.8)
+    wargs: bool = False  # weights and biases as kernel arguments: a launch a sample, or a batch sharing one (v1.9)
 
     @property
     def n_tiles(self) -> int:
@@ -178,7 +180,7 @@ def _stream_chunk(depth: int, tiles_per_chunk: int, halo: int, slots: int) -> in
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
               maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int | None = None,
-              scratch: bool | None = None) -> Plan:
+              scratch: bool | None = None, wargs: bool = False, channels: int | None = None) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 32 columns, 64 in a heavy stack; 3D up
     to 32 x 32); 2D streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
@@ -199,19 +201,28 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     grid follows; ``finish`` asks for the one-launch renormalization (module docstring); ``wvec=4`` loads the
     weights 4 at a time (a quarter of the weight-load instructions, more registers: bench/NOTES.md, v1.6), ``wvec=1``
     one at a time; ``scratch`` (3D only) shifts the later layers' planes through a per-program scratch,
-    ``scratch=False`` through ``tl.gather`` (the same values; on a GPU not always the same bits: NOTES v1.8). The sweep
-    (``python -m bench.sweep``) measures the alternatives on a GPU.
+    ``scratch=False`` through ``tl.gather`` (the same values; on a GPU not always the same bits: NOTES v1.8).
+    ``wargs`` passes the weights and biases as kernel arguments: they reach the FMAs from the constant bank, with no
+    load-store instruction (bench/NOTES.md, v1.9). A launch a sample (and draw), or one for a batch that shares one
+    network (``per_sample=False``); 3D chunks are planned for one sample a launch. They must fit
+    :data:`WARGS_MAX_FLOATS` (``channels``: the image's, if not ``shape[1]``). The sweep (``python -m bench.sweep``)
+    measures the alternatives on a GPU.
     """
     if wvec not in (None, 1, 4):
         raise ValueError(f"wvec must be 1 or 4, got {wvec}")
+    if wargs:
+        floats = arg_floats(shape[1] if channels is None else channels, interm, tuple(kernel_sizes), len(shape) - 2)
+        if floats > WARGS_MAX_FLOATS:
+            raise ValueError(f"wargs: {floats} floats of weights and biases exceed the {WARGS_MAX_FLOATS} that fit in "
+                             "kernel arguments")
     return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
-                      wvec, scratch)
+                      wvec, scratch, wargs)
 
 
 @functools.lru_cache(maxsize=256)  # a training loop calls with a handful of shapes: plan each once
 def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
                zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int,
-               wvec: int | None, scratch: bool | None) -> Plan:
+               wvec: int | None, scratch: bool | None, wargs: bool) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
@@ -236,11 +247,12 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
     num_warps = max(1, min(16, th * tw // (32 * lanes_per_thread)))
     if not bands:
         slots = sms * max(1, 16 // num_warps)
-        zc = min(zc or _stream_chunk(d, shape[0] * n_pt * n_wt, sum(k // 2 for k in kernel_sizes), slots), d)
+        per_launch = 1 if wargs else shape[0]
+        zc = min(zc or _stream_chunk(d, per_launch * n_pt * n_wt, sum(k // 2 for k in kernel_sizes), slots), d)
         n_zt = triton.cdiv(d, zc)
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
         maxnreg = min(255, 65536 // (32 * num_warps))
-    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec, scratch)
+    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec, scratch, wargs)
 
 
 @functools.cache
@@ -268,22 +280,38 @@ def _runner(name: str, x: Tensor):
     return getattr(_interpreted_kernels(), name)
 
 
+def _layer_offsets(channels: int, interm: int, kernel_sizes: tuple[int, ...], spatial_dims: int) -> list[int]:
+    """Offset of each layer's weights in a :func:`pack_params` row, and the end of the last layer's biases."""
+    couts = [interm] * (len(kernel_sizes) - 1) + [channels]
+    cins = [channels] + couts[:-1]
+    off = [0]
+    for cin, cout, k in zip(cins, couts, kernel_sizes, strict=True):
+        kp = k if spatial_dims == 3 else 1
+        off.append(off[-1] + cin * kp * k * _round_up(cout * k, 4) + _round_up(cout, 4))
+    return off
+
+
+def arg_floats(channels: int, interm: int, kernel_sizes: tuple[int, ...], spatial_dims: int) -> int:
+    """Floats of a :func:`pack_params` row before its alpha (the weights and biases, padded as packed): what a
+    ``wargs`` launch passes as kernel arguments."""
+    return _layer_offsets(channels, interm, kernel_sizes, spatial_dims)[-1]
+
+
 def stream_args(x: Tensor, params, plan: Plan) -> dict:
-    """Runtime and constexpr arguments of :func:`.gin.gin_stream_kernel`, less the pointers and MODE."""
+    """Runtime and constexpr arguments of :func:`.gin.gin_stream_kernel`, less the pointers and MODE (with
+    ``plan.wargs`` a launch also sets ``b0``, ``v0`` and ``wargs``)."""
     ks = tuple(params.kernel_sizes)
     spatial_dims = x.dim() - 2
     s, p, w = (x.shape[2], 1, x.shape[3]) if spatial_dims == 2 else tuple(x.shape[2:])
     rs = sum(k // 2 for k in ks)
     kps = ks if spatial_dims == 3 else (1,) * len(ks)
-    layers = params.config.channels()
-    ch = [layers[0][0]] + [cout for _, cout in layers]
-    off = [0]
-    for (cin, cout), k, kp in zip(layers, ks, kps, strict=True):
-        off.append(off[-1] + cin * kp * k * _round_up(cout * k, 4) + _round_up(cout, 4))
+    cfg = params.config
+    ch = [cfg.in_channels] + [cout for _, cout in cfg.channels()]
+    off = _layer_offsets(cfg.in_channels, cfg.interm_channels, ks, spatial_dims)
     return dict(
         S=s, P=p, W=w, zc=plan.zc, n_steps=plan.zc + 2 * rs, n_wt=plan.n_wt, n_pt=plan.n_pt,
-        n_tiles=plan.n_tiles, view_step=1, slope=float(params.config.slope),
-        eps=float(params.config.eps),
+        n_tiles=plan.n_tiles, view_step=1, nb=x.shape[0], b0=0, v0=0, slope=float(params.config.slope),
+        eps=float(params.config.eps), wargs=(), WARGS=plan.wargs,
         CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
@@ -333,10 +361,14 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     ``v`` writes ``out`` [views, B, C, *S] view ``v * view_step``; ``finish``: renormalized in the same launch.
     Returns the partial norms [V * B, tiles, 2]."""
     first = draws[0]
-    packed = [pack_params(p, x.dim() - 2) for p in draws]
-    prm = packed[0] if len(packed) == 1 else torch.cat(packed)  # one draw (plain GIN): no copy
     rows = len(draws) * x.shape[0]
     part = torch.empty((rows, plan.n_tiles, 2), dtype=torch.float32, device=x.device)
+    if plan.wargs:  # weights and biases as kernel arguments, the alphas read
+        prm = torch.cat([p.alphas.reshape(-1) for p in draws]).to(device=x.device, dtype=torch.float32)
+        launches = _wargs_launches(draws, x.dim() - 2, plan)
+    else:
+        packed = [pack_params(p, x.dim() - 2) for p in draws]
+        prm = packed[0] if len(packed) == 1 else torch.cat(packed)  # one draw (plain GIN): no copy
     modes = stream_modes(x.dtype, finish)
     # the per-sample counters of STORE_FINISH; the other modes never read it: no allocation or memset for them
     cnt = (torch.zeros(rows, dtype=torch.int32, device=x.device) if int(STORE_FINISH) in modes
@@ -350,10 +382,31 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     args = stream_args(x, first, plan) | {"view_step": view_step}
     kernel = _runner("gin_stream_kernel", x)
     for mode in modes:
-        kernel[(plan.n_tiles, x.shape[0], len(draws))](x, out, prm, part, cnt, scratch, prm_stride=prm.shape[1],
-                                                      MODE=mode,
-                                                      **args)
+        if not plan.wargs:
+            kernel[(plan.n_tiles, x.shape[0], len(draws))](x, out, prm, part, cnt, scratch, prm_stride=prm.shape[1],
+                                                          MODE=mode, **args)
+            continue
+        for samples, b, v, wargs in launches:
+            kernel[(plan.n_tiles, samples, 1)](x, out, prm, part, cnt, scratch, prm_stride=16, MODE=mode,
+                                               **(args | {"b0": b, "v0": v, "wargs": wargs}))
     return part
+
+
+def _wargs_launches(draws: Sequence, spatial_dims: int, plan: Plan) -> list[tuple[int, int, int, tuple[float, ...]]]:
+    """(samples, first sample, draw, weights and biases) of each ``wargs`` launch: one a draw whose samples share
+    one network, else one a sample. From the draws' CPU copies (:meth:`fedgin.GINParams.on_host`)."""
+    launches = []
+    for v, p in enumerate(draws):
+        rows = pack_params(p.on_host(), spatial_dims)
+        end = arg_floats(p.config.in_channels, p.config.interm_channels, tuple(p.kernel_sizes), spatial_dims)
+        if end > WARGS_MAX_FLOATS:
+            raise ValueError(f"{plan} passes weights as kernel arguments: {end} floats exceed {WARGS_MAX_FLOATS}")
+        rows = rows[:, :end]
+        if bool((rows == rows[:1]).all()):
+            launches.append((rows.shape[0], 0, v, tuple(rows[0].tolist())))
+        else:
+            launches += [(1, b, v, tuple(row)) for b, row in enumerate(rows.tolist())]
+    return launches
 
 
 def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = None) -> Tensor:

@@ -31,10 +31,18 @@ SASS = """
 
 def test_plane_loop_is_the_largest_backward_branch():
     ops = sass.plane_loop(SASS)
-    assert ops == ["LDG", "FFMA", "SHFL", "ISETP", "BRA"]
+    assert ops == ["LDG.E", "FFMA", "SHFL.IDX", "ISETP.GE.AND", "BRA"]
     assert sass.pipe_counts(ops) == {"issue": 5, "fp32": 1, "alu": 1, "mio": 2}
     with pytest.raises(ValueError, match="no loop"):
         sass.plane_loop(SASS.replace("BRA `(.L_x_0)", "NOP").replace("BRA `(.L_x_1)", "NOP"))
+
+
+def test_wide_accesses_take_the_load_store_pipe_a_clock_a_word():
+    """A 128-bit load moves four words a lane: four clocks of the pipe, like four loads (the second H200 run's
+    calibration); uniform loads of kernel arguments (``ULDC``) only issue."""
+    ops = ["LDG.E.128.CONSTANT", "LDG.E.64", "LDG.E", "STG.E.128", "LDS.64", "SHFL.IDX", "ULDC.64", "ULDC", "FFMA"]
+    assert [sass.mio_slots(op) for op in ops] == [4, 2, 1, 4, 2, 1, 0, 0, 0]
+    assert sass.pipe_counts(ops) == {"issue": 9, "fp32": 1, "alu": 0, "mio": 14}
 
 
 def test_model_charges_the_busiest_pipe_and_each_wave():
@@ -46,6 +54,8 @@ def test_model_charges_the_busiest_pipe_and_each_wave():
     assert us == pytest.approx(4 * 4 * 10 * 3 / (sass.CLOCK_GHZ * 1e3))
     one_more, _, _ = sass.model(loop, plan, programs=132 * 4 + 1, steps=10, registers=128, sms=132)
     assert one_more == pytest.approx(us * 5 / 4)  # a second wave of one CTA on one SM
+    per_sample, _, _ = sass.model(loop, plan, programs=132 * 4, steps=10, registers=128, sms=132, launches=3)
+    assert per_sample == pytest.approx(3 * us)  # ``wargs``: a grid a sample, one after the other
 
 
 COMPILE = """
@@ -60,7 +70,8 @@ for wvec in (1, 4):
     plan = make_plan(case.shape, case.kernel_sizes, case.interm, wvec=wvec)
     _, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, 3, 2, 0, plan)
     ops = sass.plane_loop(sass.disassemble(compiled.asm["cubin"]))
-    rows.append({"FFMA": ops.count("FFMA"), "LDG": ops.count("LDG"), **sass.bound(case, plan=plan).row()})
+    names = [sass.base(op) for op in ops]
+    rows.append({"FFMA": names.count("FFMA"), "LDG": names.count("LDG"), **sass.bound(case, plan=plan).row()})
 print(json.dumps(rows))
 """
 
@@ -87,7 +98,7 @@ def test_calibrate_divides_each_timed_row_by_its_bound(monkeypatch):
     case = Case(2, 3, (70, 20))
     plan = make_plan(case.shape, case.kernel_sizes, case.interm)
     compiles = []
-    monkeypatch.setattr(sass, "bound", lambda c, mode, plan: compiles.append((mode, plan)) or sass.Bound(
+    monkeypatch.setattr(sass, "bound", lambda c, overrides, mode, plan: compiles.append((mode, plan)) or sass.Bound(
         plan, 128, {}, 0, 1, 10, 16 * 132, 50.0, "mio"))
     row = {"case_id": case.id, "overrides": {}, "status": "ok", "plan": dataclasses.asdict(plan)}
     report = {"copy": {"gb_s": 4000.0}, "rows": [

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedgin.bench import sweep
-from fedgin.bench.cases import Case
+from fedgin.bench.cases import SHARED, Case, split_candidate
 from fedgin.kernels import make_plan
 from fedgin.kernels.launch import H100_SMS, live_tiles, waves
 
@@ -19,10 +19,24 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize("case,candidates", sweep.GPU_SWEEP, ids=[c.label for c, _ in sweep.GPU_SWEEP])
 def test_gpu_candidates_are_distinct_plans_that_cover_the_case(case, candidates):
     assert candidates[0] == {}, "the default plan comes first: the speedups are over it"
-    plans = [make_plan(case.shape, case.kernel_sizes, case.interm, **c) for c in candidates]
-    assert len(set(plans)) == len(plans)
+    rows = [split_candidate(c) for c in candidates]
+    plans = [make_plan(case.shape, case.kernel_sizes, case.interm, **keywords) for keywords, _ in rows]
+    assert len({(plan, shared) for plan, (_, shared) in zip(plans, rows, strict=True)}) == len(plans)
     for plan in plans:
         assert_plan_covers(plan, case.size, case.kernel_sizes)
+
+
+def test_a_shared_network_candidate_is_timed_on_a_one_network_draw(monkeypatch):
+    """``"shared_network": true`` beside the plan keywords: the row's draw has one network for the batch."""
+    seen = []
+    real = sweep.gin_fused
+    monkeypatch.setattr(sweep, "gin_fused", lambda x, params, out, plan: seen.append(
+        (plan.wargs, params.weights[0].stride(0) == 0)) or real(x, params, out=out, plan=plan))
+    case = Case(2, 1, (9, 7), kernel_sizes=(1, 3))
+    rows = sweep.sweep_case(case, ({}, {"wargs": True, "shared_network": True}), CPU, sweep.CPU_SETTINGS, 1.0)
+    assert [r["status"] for r in rows] == ["ok", "ok"] and rows[1]["rel_error"] <= 1e-5
+    assert set(seen) == {(False, False), (True, True)}
+    assert split_candidate({"wargs": True, SHARED: True}) == ({"wargs": True}, True)
 
 
 def test_make_plan_overrides_one_choice_each_and_the_grid_follows():

@@ -1,5 +1,7 @@
 """GPU checks of the fused kernel (bench/gpu.sh runs them): float64 reference, NaN-poisoned outputs,
 determinism, the fused GIN-IPA views, the one-launch plan, and 64-bit indexing on a real volume past 2^31 elements."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -85,6 +87,28 @@ def _twice(x, params, plan):
         outs.append(out)
     torch.cuda.synchronize()
     return outs
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16])
+@pytest.mark.parametrize("shape,ks,per_sample", [((2, 3, 128, 128, 128), (3, 3, 3, 3), True),
+                                                 ((3, 2, 7, 45, 300), (5, 3), True),
+                                                 ((64, 3, 256, 256), (3, 3, 3, 3), False)])
+def test_v19_weights_as_kernel_arguments_on_gpu(shape, ks, per_sample, dtype):
+    """v1.9's candidate: the weights as kernel arguments (read from the constant bank), a launch a sample or one for
+    a batch sharing one network. Against float64, repeat-equal, and within the dtype's tolerance of the same plan
+    reading its weights from memory (the interpreter finds them bit-equal; on the GPU the assertion's message
+    counts the outputs that differ)."""
+    params = draw(shape, ks, per_sample=per_sample, device="cuda")
+    assert params._host is not None  # drawn on the CPU: no device sync to read the weights back
+    interm = params.config.interm_channels
+    x = image_like(shape, dtype, seed=9, device="cuda")
+    plan = make_plan(shape, ks, interm, wargs=True)
+    outs = _twice(x, params, plan)
+    assert torch.equal(outs[0], outs[1]) and not torch.isnan(outs[0]).any()
+    assert rel_error(outs[0], x, params) <= TOL[dtype]
+    loaded = gin_fused(x, params, plan=dataclasses.replace(plan, wargs=False))
+    differ = int((loaded != outs[0]).sum())
+    assert float((outs[0].double() - loaded.double()).norm() / loaded.double().norm()) <= TOL[dtype], differ
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16])

@@ -1,4 +1,5 @@
 """The fused Triton kernel against the float64 reference, through Triton's interpreter on the CPU."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import triton.language as tl
 from fedgin import gin_apply
 from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.gin import sample_base
-from fedgin.kernels.launch import Plan, pack_params
+from fedgin.kernels.launch import WARGS_MAX_FLOATS, Plan, arg_floats, pack_params
 
 from kernel_cases import TOL, assert_plan_covers, count_launches, draw, image_like, rel_error
 
@@ -104,6 +105,52 @@ def test_scratch_shifts_give_the_same_output_as_gathers(shape, ks, interm, dtype
     assert not torch.isnan(scratch).any() and torch.equal(gather, scratch)
     assert rel_error(scratch, x, params) <= TOL[dtype]
     assert not make_plan((1, 1, 8, 8), ks, interm, scratch=True).scratch  # 2D: no shift crosses warps
+
+
+@pytest.mark.parametrize("shape,ks,interm,dtype", [
+    ((2, 2, 5, 13, 11), (3, 3, 3), 2, F32),  # 3D: two samples with their own weights, a launch each
+    ((2, 3, 11, 13), (3, 1, 5), 2, BF16),  # 2D, kernel sizes 1 and 5
+    ((1, 1, 3, 6, 5), (3, 3), 2, F16),  # float16: both passes
+])
+def test_weights_as_kernel_arguments_give_the_same_output(monkeypatch, shape, ks, interm, dtype):
+    """``wargs``: a launch a sample, its parameter row as kernel arguments, against the same plan reading the rows
+    from memory: the same bits."""
+    params = draw(shape, ks, interm, seed=3)
+    x = image_like(shape, dtype, seed=4)
+    plan = make_plan(shape, ks, interm, wargs=True)
+    loaded = _run(x, params, dataclasses.replace(plan, wargs=False))
+    launched = count_launches(monkeypatch)
+    args = _run(x, params, plan)
+    assert launched.count("gin_stream_kernel") == (2 if dtype == F16 else 1) * shape[0]
+    assert not torch.isnan(args).any() and torch.equal(loaded, args)
+    assert rel_error(args, x, params) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 9, 13), (2, 1, 3, 6, 5)])
+def test_weights_as_kernel_arguments_one_launch_for_a_shared_network(monkeypatch, shape):
+    """A draw with one network for the batch (``per_sample=False``, the FedGIN authors'): one ``wargs`` launch for
+    all samples, each with its own alpha."""
+    ks = (3, 3, 1)
+    params = draw(shape, ks, per_sample=False, seed=5)
+    x = image_like(shape, F32, seed=6)
+    plan = make_plan(shape, ks, 2, wargs=True)
+    loaded = _run(x, params, dataclasses.replace(plan, wargs=False))
+    launched = count_launches(monkeypatch)
+    args = _run(x, params, plan)
+    assert launched == ["gin_stream_kernel", "gin_scale_kernel"]
+    assert not torch.isnan(args).any() and torch.equal(loaded, args)
+    assert rel_error(args, x, params) <= TOL[F32] and len(set(params.alphas.tolist())) == shape[0]
+
+
+def test_weights_as_kernel_arguments_only_where_they_fit():
+    """A parameter row over :data:`WARGS_MAX_FLOATS` (8 layers of 8 channels, 3x3x3) is refused by name; 3D chunks
+    are planned for one sample a launch."""
+    with pytest.raises(ValueError, match="floats of weights and biases exceed"):
+        make_plan((1, 4, 8, 8, 8), (3,) * 8, 8, wargs=True)
+    assert arg_floats(4, 8, (3,) * 8, 3) > WARGS_MAX_FLOATS >= arg_floats(3, 2, (3, 3, 3, 3), 3) == 736
+    shape = (8, 1, 96, 96, 96)
+    per_sample = make_plan(shape, (3, 3, 3, 3), 2, wargs=True)
+    assert per_sample == make_plan((1, *shape[1:]), (3, 3, 3, 3), 2, wargs=True) != make_plan(shape, (3,) * 4, 2)
 
 
 def test_packed_rows_are_aligned_groups_with_alpha_last():

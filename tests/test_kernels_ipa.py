@@ -1,10 +1,12 @@
 """The fused GIN-IPA views (``fedgin.kernels.gin_ipa_fused``) against float64, through Triton's interpreter."""
+import dataclasses
+
 import pytest
 import torch
 
 from fedgin import reference_apply
 from fedgin.augment import gin_ipa_views, ipa_mask
-from fedgin.kernels import gin_ipa_fused
+from fedgin.kernels import gin_ipa_fused, make_plan
 from fedgin.kernels.launch import stream_modes
 
 from kernel_cases import TOL, count_launches, draw, image_like
@@ -42,6 +44,21 @@ def test_views_match_float64_in_the_fewest_launches(monkeypatch, shape, kernel_s
     for got, want in zip(views, _expected(x, draws, mask), strict=True):
         assert got.dtype == dtype and got.shape == x.shape and not torch.isnan(got).any()
         assert float((got.double() - want).norm() / want.norm()) <= TOL[dtype]
+
+
+def test_views_with_weights_as_kernel_arguments(monkeypatch):
+    """``wargs``: a stream launch a draw and sample, the same views as the rows read from memory."""
+    shape, kernel_sizes = (2, 1, 3, 6, 5), ((3, 3), (3, 3), (1, 3))
+    draws = _draws(shape, kernel_sizes)
+    x = image_like(shape, BF16, seed=5)
+    mask = ipa_mask((shape[0], *shape[2:]), torch.Generator().manual_seed(1), spacing=3)
+    plan = make_plan(shape, (3, 3), 2, wargs=True)
+    loaded = gin_ipa_fused(x, draws, mask, plan=dataclasses.replace(plan, wargs=False))
+    launched = count_launches(monkeypatch)
+    views = gin_ipa_fused(x, draws, mask, plan=plan)
+    assert launched == ["gin_stream_kernel"] * 3 * shape[0] + ["gin_ipa_kernel"]
+    for got, want in zip(views, loaded, strict=True):
+        assert not torch.isnan(got).any() and torch.equal(got, want)
 
 
 def test_gin_ipa_views_triton_backend_matches_reference_backend():

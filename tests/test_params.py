@@ -95,6 +95,19 @@ def test_to_device_keeps_the_draw():
     assert r.device == torch.device("meta") and r.kernel_sizes == p.kernel_sizes
 
 
+def test_a_moved_draw_keeps_its_cpu_copy():
+    """Drawn on the CPU and moved, a draw keeps what it was moved from (the kernels' ``wargs`` plans pass those values
+    as kernel arguments without waiting for the GPU); a draw on the CPU is its own."""
+    cpu = GINParams.draw(3, spatial_dims=3, generator=gen(7))
+    for moved in (GINParams.draw(3, spatial_dims=3, device="meta", generator=gen(7)), cpu.to("meta")):
+        host = moved.on_host()
+        assert host.device == torch.device("cpu") and host.kernel_sizes == cpu.kernel_sizes
+        assert all(torch.equal(a, b) for a, b in zip(host.weights + host.biases + [host.alphas],
+                                                      cpu.weights + cpu.biases + [cpu.alphas], strict=True))
+        assert moved.to("meta").on_host() is host
+    assert cpu.on_host() is cpu
+
+
 def test_empty_batch():
     with pytest.raises(ValueError, match="non-empty batch"):
         GINParams.draw(0)
