@@ -27,7 +27,7 @@ import functools
 import importlib.util
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 
 import torch
@@ -397,13 +397,17 @@ def _wargs_launches(draws: Sequence, spatial_dims: int, plan: Plan) -> list[tupl
     one network, else one a sample. From the draws' CPU copies (:meth:`fedgin.GINParams.on_host`)."""
     launches = []
     for v, p in enumerate(draws):
-        rows = pack_params(p.on_host(), spatial_dims)
         end = arg_floats(p.config.in_channels, p.config.interm_channels, tuple(p.kernel_sizes), spatial_dims)
         if end > WARGS_MAX_FLOATS:
             raise ValueError(f"{plan} passes weights as kernel arguments: {end} floats exceed {WARGS_MAX_FLOATS}")
-        rows = rows[:, :end]
-        if bool((rows == rows[:1]).all()):
-            launches.append((rows.shape[0], 0, v, tuple(rows[0].tolist())))
+        host = p.on_host()
+        bsz = host.batch
+        if all(t.stride(0) == 0 for t in host.weights + host.biases):  # drawn with one network: pack it once
+            host = replace(host, weights=[w[:1] for w in host.weights], biases=[b[:1] for b in host.biases],
+                           alphas=host.alphas[:1])
+        rows = pack_params(host, spatial_dims)[:, :end]
+        if rows.shape[0] == 1 or bool((rows == rows[:1]).all()):
+            launches.append((bsz, 0, v, tuple(rows[0].tolist())))
         else:
             launches += [(1, b, v, tuple(row)) for b, row in enumerate(rows.tolist())]
     return launches
