@@ -32,7 +32,7 @@ from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.launch import V15_2D, V15_3D, stream_modes
 
 from . import timing
-from .cases import K3X8, Case, draw_params, image_like, split_candidate
+from .cases import K3X8, SHARED, Case, draw_params, image_like, split_candidate
 from .cli import out_dir
 from .environment import environment
 from .report import atomic_write
@@ -42,11 +42,11 @@ Candidates = tuple[dict, ...]
 
 # (case, candidate overrides); the default plan first. Ordered by importance: the budget cuts the tail.
 GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
-    # v1.9's candidate first: 3D weights as kernel arguments, a launch a sample (predicted 1.43x v1.8's default in
-    # float32); v1.5's plans as the baseline the v1.8 defaults were chosen against; then the dtypes the second run did
-    # not reach (bench/NOTES.md, v1.8 and v1.9)
-    (Case(2, 3, (128,) * 3), ({}, {"wargs": True}, {"wargs": True, "shared_network": True}, V15_3D)),
-    (Case(64, 3, (256, 256)), ({}, {"wargs": True, "shared_network": True}, V15_2D)),
+    # v1.9's candidate first: the weights as kernel arguments (predicted 1.36-1.55x v1.8's 3D default in float32, 2D
+    # with a shared network 1.1-1.25x); v1.5's plans as the baseline the v1.8 defaults were chosen against; then the
+    # dtypes the second run did not reach (bench/NOTES.md, v1.8 and v1.9)
+    (Case(2, 3, (128,) * 3), ({}, {"wargs": True}, {"wargs": True, SHARED: True}, V15_3D)),
+    (Case(64, 3, (256, 256)), ({}, {"wargs": True, SHARED: True}, V15_2D)),
     (Case(2, 3, (128,) * 3, "bf16"), ({}, {"wargs": True}, V15_3D)),
     (Case(2, 3, (128,) * 3, "fp16"), ({}, {"wargs": True}, V15_3D)),
     (Case(64, 3, (256, 256), "bf16"), ({}, V15_2D)),

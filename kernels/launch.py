@@ -180,7 +180,7 @@ def _stream_chunk(depth: int, tiles_per_chunk: int, halo: int, slots: int) -> in
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
               maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int | None = None,
-              scratch: bool | None = None, wargs: bool = False, channels: int | None = None) -> Plan:
+              scratch: bool | None = None, wargs: bool = False) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 32 columns, 64 in a heavy stack; 3D up
     to 32 x 32); 2D streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
@@ -205,16 +205,12 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     ``wargs`` passes the weights and biases as kernel arguments: they reach the FMAs from the constant bank, with no
     load-store instruction (bench/NOTES.md, v1.9). A launch a sample (and draw), or one for a batch that shares one
     network (``per_sample=False``); 3D chunks are planned for one sample a launch. They must fit
-    :data:`WARGS_MAX_FLOATS` (``channels``: the image's, if not ``shape[1]``). The sweep (``python -m bench.sweep``)
-    measures the alternatives on a GPU.
+    :data:`WARGS_MAX_FLOATS`. The sweep (``python -m bench.sweep``) measures the alternatives on a GPU.
     """
     if wvec not in (None, 1, 4):
         raise ValueError(f"wvec must be 1 or 4, got {wvec}")
     if wargs:
-        floats = arg_floats(shape[1] if channels is None else channels, interm, tuple(kernel_sizes), len(shape) - 2)
-        if floats > WARGS_MAX_FLOATS:
-            raise ValueError(f"wargs: {floats} floats of weights and biases exceed the {WARGS_MAX_FLOATS} that fit in "
-                             "kernel arguments")
+        _wargs_fit(shape[1], interm, tuple(kernel_sizes), len(shape) - 2)
     return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
                       wvec, scratch, wargs)
 
@@ -297,6 +293,15 @@ def arg_floats(channels: int, interm: int, kernel_sizes: tuple[int, ...], spatia
     return _layer_offsets(channels, interm, kernel_sizes, spatial_dims)[-1]
 
 
+def _wargs_fit(channels: int, interm: int, kernel_sizes: tuple[int, ...], spatial_dims: int) -> int:
+    """:func:`arg_floats`, refused where they exceed :data:`WARGS_MAX_FLOATS`."""
+    floats = arg_floats(channels, interm, kernel_sizes, spatial_dims)
+    if floats > WARGS_MAX_FLOATS:
+        raise ValueError(f"wargs: {floats} floats of weights and biases exceed the {WARGS_MAX_FLOATS} that fit in "
+                         "kernel arguments")
+    return floats
+
+
 def stream_args(x: Tensor, params, plan: Plan) -> dict:
     """Runtime and constexpr arguments of :func:`.gin.gin_stream_kernel`, less the pointers and MODE (with
     ``plan.wargs`` a launch also sets ``b0``, ``v0`` and ``wargs``)."""
@@ -365,7 +370,7 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     part = torch.empty((rows, plan.n_tiles, 2), dtype=torch.float32, device=x.device)
     if plan.wargs:  # weights and biases as kernel arguments, the alphas read
         prm = torch.cat([p.alphas.reshape(-1) for p in draws]).to(device=x.device, dtype=torch.float32)
-        launches = _wargs_launches(draws, x.dim() - 2, plan)
+        launches = _wargs_launches(draws, x.dim() - 2)
     else:
         packed = [pack_params(p, x.dim() - 2) for p in draws]
         prm = packed[0] if len(packed) == 1 else torch.cat(packed)  # one draw (plain GIN): no copy
@@ -392,21 +397,19 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     return part
 
 
-def _wargs_launches(draws: Sequence, spatial_dims: int, plan: Plan) -> list[tuple[int, int, int, tuple[float, ...]]]:
+def _wargs_launches(draws: Sequence, spatial_dims: int) -> list[tuple[int, int, int, tuple[float, ...]]]:
     """(samples, first sample, draw, weights and biases) of each ``wargs`` launch: one a draw whose samples share
     one network, else one a sample. From the draws' CPU copies (:meth:`fedgin.GINParams.on_host`)."""
     launches = []
     for v, p in enumerate(draws):
-        end = arg_floats(p.config.in_channels, p.config.interm_channels, tuple(p.kernel_sizes), spatial_dims)
-        if end > WARGS_MAX_FLOATS:
-            raise ValueError(f"{plan} passes weights as kernel arguments: {end} floats exceed {WARGS_MAX_FLOATS}")
+        end = _wargs_fit(p.config.in_channels, p.config.interm_channels, tuple(p.kernel_sizes), spatial_dims)
         host = p.on_host()
         bsz = host.batch
         if all(t.stride(0) == 0 for t in host.weights + host.biases):  # drawn with one network: pack it once
             host = replace(host, weights=[w[:1] for w in host.weights], biases=[b[:1] for b in host.biases],
                            alphas=host.alphas[:1])
         rows = pack_params(host, spatial_dims)[:, :end]
-        if rows.shape[0] == 1 or bool((rows == rows[:1]).all()):
+        if bool((rows == rows[:1]).all()):
             launches.append((bsz, 0, v, tuple(rows[0].tolist())))
         else:
             launches += [(1, b, v, tuple(row)) for b, row in enumerate(rows.tolist())]
