@@ -4,10 +4,11 @@
 # start still allows a short second call). Everything it writes goes to $OUT (default bench/results/), no folders:
 #   env.txt        nvidia-smi, versions, git commit, how fedgin was made importable
 #   gpu-tests.log  python -m pytest -m gpu <test files that use the gpu marker> (-n 8 -v where pytest-xdist is)
-#   bench.log      the host cost of a GIN call (bench.host_cost), Nsight Compute's sections (opt-in), the suite's
-#                  output, the sweep's
+#   bench.log      the host cost of a GIN call (bench.host_cost), Nsight Compute's sections (opt-in), the sweep's
+#                  output, the suite's
 #   <date>-<device>-paper.json / .md / .png   the suite's report
-#   <date>-<device>-sweep.json / .md   the kernel's tile plans side by side (python -m bench.sweep)
+#   <date>-<device>-sweep.json / .md   the kernel's tile plans side by side, and the eager reference on the same
+#                  inputs (python -m bench.sweep)
 # Eight files in all: the most the device tool brings back from $OUT.
 #
 # It installs nothing from a registry (the GPU machine has its own torch/triton and no network):
@@ -18,12 +19,13 @@
 #   this checkout: as they are, else `pip install --no-deps --no-index --no-build-isolation -e .` (offline),
 #   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/
 #   (what the H200 image of 2026-11-27 needed).
-# Knobs: GPU_SH_STEPS (default "tests host bench sweep"; host: python -m bench.host_cost into bench.log; add
+# Knobs: GPU_SH_STEPS (default "tests host sweep bench"; host: python -m bench.host_cost into bench.log; add
 # ncu for Nsight Compute on the two headline stream kernels, GPU_SH_NCU_S each, default 60 s, into bench.log: the
-# second run had it), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 200 s: 150 s
-# stopped the second run's at ~45 of 57), GPU_SH_TEST_WORKERS (pytest-xdist workers, default 8), GPU_SH_SWEEP_S
-# (kept for the sweep at the end, default 150 s), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this
-# script, where the sweep checks its stand-in plans through Triton's interpreter).
+# second run had it), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 150 s: the
+# second run's reached ~45 of 57, and the sweep checks its plans against float64 too), GPU_SH_TEST_WORKERS
+# (pytest-xdist workers, default 8), GPU_SH_SWEEP_S (the most the sweep takes, default 240 s; it runs before the
+# suite, which gets the rest), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this script, where the
+# sweep checks its stand-in plans through Triton's interpreter).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -31,8 +33,8 @@ OUT=${OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 TOTAL_S=${GPU_SH_BUDGET_S:-520}
-TESTS_S=${GPU_SH_TESTS_S:-200}
-SWEEP_S=${GPU_SH_SWEEP_S:-150}
+TESTS_S=${GPU_SH_TESTS_S:-150}
+SWEEP_S=${GPU_SH_SWEEP_S:-240}
 PRESET=${GPU_SH_PRESET:-paper}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -108,7 +110,7 @@ PYEOF
   echo "PYTHONPATH=$PYTHONPATH"
 } >"$OUT/env.txt" 2>&1
 
-STEPS=${GPU_SH_STEPS:-tests host bench sweep}
+STEPS=${GPU_SH_STEPS:-tests host sweep bench}
 TESTS_RC=0
 mapfile -t GPU_FILES < <(grep -l -E "mark\.gpu" tests/test_*.py 2>/dev/null)
 if [[ $STEPS != *tests* ]]; then
@@ -149,21 +151,23 @@ if [[ $STEPS == *ncu* ]]; then
 fi
 BENCH_RC=0
 SWEEP_RC=0
-if [[ $STEPS == *bench* ]]; then
-LEFT=$((TOTAL_S - SWEEP_S - SECONDS))
-# the suite stops starting new work at --budget-s; one item (a torch.compile) can take ~60 s more
-timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench --preset "$PRESET" --out "$OUT" --budget-s "$((LEFT > 90 ? LEFT - 75 : 15))" \
-  >>"$OUT/bench.log" 2>&1
-BENCH_RC=$?
-fi
-
-if [[ $STEPS == *sweep* ]]; then
+if [[ $STEPS == *sweep* ]]; then  # before the suite: the plans the next defaults are chosen from
 LEFT=$((TOTAL_S - SECONDS))
+LEFT=$((LEFT < SWEEP_S ? LEFT : SWEEP_S))
 # the sweep starts no new case after --budget-s; a case (its compiles and timings) takes up to ~40 s
 echo "== python -m bench.sweep" >>"$OUT/bench.log"
 timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench.sweep --out "$OUT" --budget-s "$((LEFT > 60 ? LEFT - 40 : 10))" \
   >>"$OUT/bench.log" 2>&1
 SWEEP_RC=$?
+fi
+
+if [[ $STEPS == *bench* ]]; then
+LEFT=$((TOTAL_S - SECONDS))
+# the suite stops starting new work at --budget-s; one item (a torch.compile) can take ~60 s more
+echo "== python -m bench --preset $PRESET" >>"$OUT/bench.log"
+timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench --preset "$PRESET" --out "$OUT" --budget-s "$((LEFT > 90 ? LEFT - 75 : 15))" \
+  >>"$OUT/bench.log" 2>&1
+BENCH_RC=$?
 fi
 
 MD=$(ls -t "$OUT"/*-"$PRESET".md 2>/dev/null | head -n 1)

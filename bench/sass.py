@@ -201,8 +201,8 @@ def calibrate(report: dict, cases: list[Case]) -> list[dict]:
     for row in report["rows"]:
         case = by_id.get(row["case_id"])
         measured = row.get("ms_graph") or row.get("ms")
-        if row["status"] != "ok" or case is None or not measured:
-            continue
+        if row["status"] != "ok" or row["plan"] is None or case is None or not measured:
+            continue  # also the eager reference's row (no plan)
         plan = Plan(**row["plan"])
         modes = stream_modes(case.torch_dtype, plan.finish)
         passes = [bound(case, row["overrides"], mode, plan=plan) for mode in modes]

@@ -34,7 +34,7 @@ def test_a_shared_network_candidate_is_timed_on_a_one_network_draw(monkeypatch):
         (plan.wargs, params.weights[0].stride(0) == 0)) or real(x, params, out=out, plan=plan))
     case = Case(2, 1, (9, 7), kernel_sizes=(1, 3))
     rows = sweep.sweep_case(case, ({}, {"wargs": True, "shared_network": True}), CPU, sweep.CPU_SETTINGS, 1.0)
-    assert [r["status"] for r in rows] == ["ok", "ok"] and rows[1]["rel_error"] <= 1e-5
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"] and rows[1]["rel_error"] <= 1e-5
     assert set(seen) == {(False, False), (True, True)}
     assert split_candidate({"wargs": True, SHARED: True}) == ({"wargs": True}, True)
 
@@ -68,20 +68,25 @@ def test_lanes_a_thread_follow_the_register_pressure():
 def test_sweep_checks_then_times_and_reports_refused_plans(tmp_path):
     report = sweep.run_sweep(sweep.CPU_SWEEP[:1], CPU, tmp_path)
     rows = report["rows"]
-    assert [r["status"] for r in rows] == ["ok", "ok", "refused"]
+    assert [(r["impl"], r["status"]) for r in rows] == [("triton", "ok"), ("triton", "ok"), ("triton", "refused"),
+                                                          ("reference", "ok")]
     for r in rows[:2]:
         assert r["rel_error"] <= 1e-5 and r["ms"] > 0 and r["vs_default"] > 0
+        assert r["vs_reference"] == pytest.approx(rows[3]["ms"] / r["ms"])  # the eager reference, same inputs
+    assert rows[2]["vs_reference"] is None and rows[3]["vs_reference"] == 1.0
     assert rows[1]["programs"] == 4 and "no tile interior" in rows[2]["reason"]
     saved = json.loads(next(tmp_path.glob("*-sweep.json")).read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
     md = next(tmp_path.glob("*-sweep.md")).read_text()
     assert "2D 1x3x21x19 fp32 k313" in md and "refused: " in md and "1 x 32, 21, 1" in md
+    assert "| reference eager | - | - |" in md and "| vs reference |" in md
 
 
 def test_a_wrong_result_is_failed_not_timed(monkeypatch):
     monkeypatch.setattr(sweep, "gin_fused", lambda x, params, out, plan: out.copy_(x))
     rows = sweep.sweep_case(Case(1, 1, (9, 7), kernel_sizes=(1, 3)), ({},), CPU, sweep.CPU_SETTINGS, 1.0)
     assert rows[0]["status"] == "failed" and rows[0]["ms"] is None and "relative error" in rows[0]["reason"]
+    assert rows[0]["vs_reference"] is None and rows[1]["impl"] == "reference" and rows[1]["ms"] > 0
 
 
 def test_budget_skips_the_remaining_cases(tmp_path):
