@@ -19,7 +19,8 @@
 #   this checkout: as they are, else `pip install --no-deps --no-index --no-build-isolation -e .` (offline),
 #   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/
 #   (what the H200 image of 2026-11-27 needed).
-# Knobs: GPU_SH_STEPS (default "tests host sweep bench"; host: python -m bench.host_cost into bench.log; add
+# Knobs: GPU_SH_STEPS (default "tests host sweep bench"; host: python -m bench.host_cost into bench.log, at most
+# GPU_SH_HOST_S, default 90 s; GPU_SH_TESTS_K: a pytest -k expression that picks GPU tests; add
 # ncu for Nsight Compute on the two headline stream kernels, GPU_SH_NCU_S each, default 60 s, into bench.log: the
 # second run had it), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 150 s: the
 # second run's reached ~45 of 57, and the sweep checks its plans against float64 too), GPU_SH_TEST_WORKERS
@@ -120,7 +121,10 @@ elif ((${#GPU_FILES[@]})); then
   # (-v: each finished test is named, so a run stopped by the timeout still says which passed)
   XDIST=(-q)
   importable xdist && XDIST=(-v -n "${GPU_SH_TEST_WORKERS:-8}")
-  timeout "$TESTS_S" "$PY" -m pytest -m gpu -p no:cacheprovider "${XDIST[@]}" "${GPU_FILES[@]}" >"$OUT/gpu-tests.log" 2>&1
+  SELECT=()
+  [[ -n ${GPU_SH_TESTS_K:-} ]] && SELECT=(-k "$GPU_SH_TESTS_K")
+  timeout "$TESTS_S" "$PY" -m pytest -m gpu -p no:cacheprovider "${XDIST[@]}" "${SELECT[@]}" "${GPU_FILES[@]}" \
+    >"$OUT/gpu-tests.log" 2>&1
   TESTS_RC=$?
   ((TESTS_RC == 124)) && echo "gpu.sh: the GPU tests ran past ${TESTS_S} s and were stopped" >>"$OUT/gpu-tests.log"
 else
@@ -130,7 +134,7 @@ fi
 : >"$OUT/bench.log"
 if [[ $STEPS == *host* ]]; then  # the host time of a GIN call (draw, launches), as in the e2e step
   echo "== python -m bench.host_cost" >>"$OUT/bench.log"
-  timeout 60 "$PY" -m bench.host_cost >>"$OUT/bench.log" 2>&1
+  timeout "${GPU_SH_HOST_S:-90}" "$PY" -m bench.host_cost >>"$OUT/bench.log" 2>&1
   echo "== host_cost rc $?" >>"$OUT/bench.log"
 fi
 if [[ $STEPS == *ncu* ]]; then

@@ -43,9 +43,13 @@ Candidates = tuple[dict, ...]
 
 # (case, candidate overrides); the default plan first. Ordered by importance: the budget cuts the tail.
 GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
-    # v1.9's candidate first: the weights as kernel arguments (predicted 1.36-1.55x v1.8's 3D default in float32, 2D
-    # with a shared network 1.1-1.25x); v1.5's plans as the baseline the v1.8 defaults were chosen against; then the
-    # dtypes the second run did not reach (bench/NOTES.md, v1.8 and v1.9)
+    # first the half-precision rows the third run did not time with a shared network (its fp32 rows made v1.9's
+    # weights as kernel arguments the default there); then the third run's cases: v1.9's candidate, v1.5's plans as
+    # the baseline the v1.8 defaults were chosen against, the dtypes (bench/NOTES.md, v1.8 and v1.9)
+    (Case(64, 3, (256, 256), "bf16"), ({}, {"wargs": True, SHARED: True})),
+    (Case(2, 3, (128,) * 3, "bf16"), ({}, {"wargs": True, SHARED: True})),
+    (Case(64, 3, (256, 256), "fp16"), ({}, {"wargs": True, SHARED: True})),
+    (Case(2, 3, (128,) * 3, "fp16"), ({}, {"wargs": True, SHARED: True})),
     (Case(2, 3, (128,) * 3), ({}, {"wargs": True}, {"wargs": True, SHARED: True}, V15_3D)),
     (Case(64, 3, (256, 256)), ({}, {"wargs": True, SHARED: True}, V15_2D)),
     (Case(2, 3, (128,) * 3, "bf16"), ({}, {"wargs": True}, V15_3D)),

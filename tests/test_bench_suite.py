@@ -165,7 +165,18 @@ def test_host_cost_times_the_draw_and_the_call_of_each_implementation(capsys):
     rows = host_cost.host_cost(Case(2, 3, (17, 13)), ["reference", "loop"], torch.device("cpu"), reps=3)
     assert [r["impl"] for r in rows] == ["reference", "loop"]
     assert all(r["draw_us"] > 0 and r["call_us"] > 0 and r["drained_us"] > r["draw_us"] for r in rows)
-    assert "Self CPU" in host_cost.profile_table(Case(2, 3, (17, 13)), "reference", torch.device("cpu"))
+    loop = host_cost.profile_table(Case(2, 3, (17, 13)), "loop", torch.device("cpu"), rows=40)
+    assert "Self CPU" in loop and "aten::select " in loop  # the loop's ops (a conv a sample), not the reference's
     assert host_cost.main(["--reps", "1", "--impl", "reference", "triton"]) == 0
     out = capsys.readouterr().out
     assert "| reference |" in out and "| triton |" not in out  # the interpreter is not timed
+    assert "queued host time of gin_fused" not in out  # the plans: on a GPU only
+
+
+def test_plan_host_cost_times_each_plan_and_profiles_the_last():
+    from fedgin.bench import host_cost
+
+    case = Case(2, 1, (3, 5, 7), kernel_sizes=(1, 3))
+    rows = host_cost.plan_host_cost(case, ({}, {"wargs": True}), torch.device("cpu"), reps=1)
+    assert [r["overrides"] for r in rows] == [{}, {"wargs": True}] and all(r["call_us"] > 0 for r in rows)
+    assert "function calls" in rows[-1]["profile"] and "tottime" in rows[-1]["profile"]
