@@ -154,6 +154,11 @@ class GINParams:
         return replace(self, weights=moved[:n], biases=moved[n:], alphas=alphas,
                        _host=None if device.type == "cpu" else host)
 
+    @property
+    def has_host_copy(self) -> bool:
+        """Whether :meth:`on_host` returns without waiting for a device (a CPU draw, or one moved from the CPU)."""
+        return self.device.type == "cpu" or self._host is not None
+
     def on_host(self) -> GINParams:
         """The same draw on the CPU: itself, the copy it was moved from, or a copy (which waits for the GPU)."""
         if self.device.type == "cpu":

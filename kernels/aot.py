@@ -19,7 +19,18 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import gin
-from .launch import PBLOCK, SCALE_BLOCK, V15_2D, V15_3D, Plan, arg_floats, make_plan, stream_args, stream_modes
+from .launch import (
+    PBLOCK,
+    SCALE_BLOCK,
+    V15_2D,
+    V15_3D,
+    WARGS_MAX_FLOATS,
+    Plan,
+    arg_floats,
+    make_plan,
+    stream_args,
+    stream_modes,
+)
 
 TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
@@ -27,6 +38,7 @@ _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
 # plans the sweep (bench/sweep.py) times against the defaults: v1.5's, and the 3D weights as kernel arguments
 ALTERNATIVES = {(2, 3, 512, 300): (V15_2D,), (2, 3, 16, 128, 128): (V15_3D, {"wargs": True})}
+SHARED_DEFAULT = {"wargs": True, "shared_network": True}  # the default plan of a batch sharing one network
 
 
 class Shape:
@@ -135,6 +147,8 @@ def main() -> int:
         variants = [(mode, {}) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
         if shape in ALTERNATIVES and dtype == torch.float32:  # the default tiles' alternatives in the plan sweep
             variants += [(stream_modes(dtype)[0], overrides) for overrides in ALTERNATIVES[shape]]
+        if dtype != torch.float16 and arg_floats(c, m, ks, len(shape) - 2) <= WARGS_MAX_FLOATS:
+            variants.append((stream_modes(dtype)[0], SHARED_DEFAULT))  # a shared network's default (v1.9)
         for mode, overrides in variants:
             label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} {overrides or 'default plan'}"
             plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), **overrides)

@@ -180,7 +180,7 @@ def _stream_chunk(depth: int, tiles_per_chunk: int, halo: int, slots: int) -> in
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
               maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int | None = None,
-              scratch: bool | None = None, wargs: bool = False) -> Plan:
+              scratch: bool | None = None, wargs: bool = False, shared_network: bool = False) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 32 columns, 64 in a heavy stack; 3D up
     to 32 x 32); 2D streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
@@ -204,21 +204,23 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     ``scratch=False`` through ``tl.gather`` (the same values; on a GPU not always the same bits: NOTES v1.8).
     ``wargs`` passes the weights and biases as kernel arguments: they reach the FMAs from the constant bank, with no
     load-store instruction (bench/NOTES.md, v1.9). A launch a sample (and draw), or one for a batch that shares one
-    network (``per_sample=False``); 3D chunks are planned for one sample a launch. They must fit
-    :data:`WARGS_MAX_FLOATS`. The sweep (``python -m bench.sweep``) measures the alternatives on a GPU.
+    network (``per_sample=False``); 3D chunks are planned for one sample a launch, or for the batch with
+    ``shared_network``. They must fit :data:`WARGS_MAX_FLOATS`. :func:`gin_fused` takes them by default for a batch
+    that shares one network (:func:`default_wargs`). The sweep (``python -m bench.sweep``) measures the alternatives
+    on a GPU.
     """
     if wvec not in (None, 1, 4):
         raise ValueError(f"wvec must be 1 or 4, got {wvec}")
     if wargs:
         _wargs_fit(shape[1], interm, tuple(kernel_sizes), len(shape) - 2)
     return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
-                      wvec, scratch, wargs)
+                      wvec, scratch, wargs, wargs and shared_network)
 
 
 @functools.lru_cache(maxsize=256)  # a training loop calls with a handful of shapes: plan each once
 def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
                zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int,
-               wvec: int | None, scratch: bool | None, wargs: bool) -> Plan:
+               wvec: int | None, scratch: bool | None, wargs: bool, shared: bool) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
@@ -243,7 +245,7 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
     num_warps = max(1, min(16, th * tw // (32 * lanes_per_thread)))
     if not bands:
         slots = sms * max(1, 16 // num_warps)
-        per_launch = 1 if wargs else shape[0]
+        per_launch = 1 if wargs and not shared else shape[0]
         zc = min(zc or _stream_chunk(d, per_launch * n_pt * n_wt, sum(k // 2 for k in kernel_sizes), slots), d)
         n_zt = triton.cdiv(d, zc)
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
@@ -354,9 +356,28 @@ def _check_plan(plan: Plan, shape: Sequence[int], kernel_sizes: Sequence[int]) -
         raise ValueError(f"{plan} does not cover a sample of spatial size {tuple(shape[2:])}")
 
 
-def _plan_for(x: Tensor, params, plan: Plan | None) -> Plan:
-    plan = plan or make_plan(tuple(x.shape), tuple(params.kernel_sizes), params.config.interm_channels,
-                             sms=_sm_count(x.device.index) if x.is_cuda else H100_SMS)
+def default_wargs(x: Tensor, draws: Sequence) -> bool:
+    """Whether the default plan passes the weights as kernel arguments: for a batch whose every draw shares one
+    network (``per_sample=False``), in float32 and bfloat16, where the row fits and the draw's CPU copy is at hand
+    (no device sync). Third H200 run (bench/NOTES.md, v1.9): with a shared network 1.25-1.38x the default plan from a
+    CUDA graph and 1.14-1.29x timed from the host (2D 64x3x256², 3D 2x3x128³); float16 (two passes, so twice the
+    launches' host time) 1.37x from a graph but 0.58x from the host, and a launch a sample (3D) 1.26x from a graph but
+    0.76x from the host: the host's ~400 µs of packing and launching a call exceed the kernels' time."""
+    cfg = draws[0].config
+    return (x.dtype != torch.float16
+            and all(not p.config.per_sample and p.has_host_copy for p in draws)
+            and arg_floats(cfg.in_channels, cfg.interm_channels, tuple(draws[0].kernel_sizes), x.dim() - 2)
+            <= WARGS_MAX_FLOATS)
+
+
+def _plan_for(x: Tensor, draws: Sequence, plan: Plan | None) -> Plan:
+    """``plan``, or the default plan for ``draws`` (one kernel-size tuple) on ``x``; checked to cover ``x``."""
+    params = draws[0]
+    if plan is None:
+        wargs = default_wargs(x, draws)
+        plan = make_plan(tuple(x.shape), tuple(params.kernel_sizes), params.config.interm_channels,
+                         sms=_sm_count(x.device.index) if x.is_cuda else H100_SMS, wargs=wargs,
+                         shared_network=wargs)
     _check_plan(plan, x.shape, params.kernel_sizes)
     return plan
 
@@ -426,7 +447,7 @@ def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = 
     """
     x = x.contiguous()
     out = _check_out(out, x, tuple(x.shape))
-    plan = _plan_for(x, params, plan)
+    plan = _plan_for(x, [params], plan)
     part = _stream(x, [params], out, plan, finish=plan.finish)
     if stream_modes(x.dtype, plan.finish) == (int(STORE_UNSCALED),):  # the stream stored the unscaled mix
         numel = out[0].numel()
@@ -460,7 +481,7 @@ def gin_ipa_fused(x: Tensor, draws: Sequence, mask: Tensor, out: Tensor | None =
     for views in groups.values():  # any subset of 3 views is evenly spaced: (0, 2) is every 2nd view from 0
         step = views[1] - views[0] if len(views) > 1 else 1
         group = [draws[v] for v in views]
-        part = _stream(x, group, out[views[0]], _plan_for(x, group[0], plan), view_step=step)
+        part = _stream(x, group, out[views[0]], _plan_for(x, group, plan), view_step=step)
         for j, v in enumerate(views):
             parts[v] = part[j * bsz:(j + 1) * bsz]
     _runner("gin_ipa_kernel", x)[(triton.cdiv(n_sp, SCALE_BLOCK), bsz)](

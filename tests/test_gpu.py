@@ -8,7 +8,7 @@ import torch
 from fedgin import gin_apply, reference_apply
 from fedgin.augment import ipa_mask
 from fedgin.kernels import gin_fused, gin_ipa_fused, make_plan
-from fedgin.kernels.launch import V15_2D, V15_3D
+from fedgin.kernels.launch import V15_2D, V15_3D, default_wargs
 
 from kernel_cases import TOL, draw, image_like, rel_error
 
@@ -94,18 +94,19 @@ def _twice(x, params, plan):
                                                  ((3, 2, 7, 45, 300), (5, 3), True),
                                                  ((64, 3, 256, 256), (3, 3, 3, 3), False)])
 def test_v19_weights_as_kernel_arguments_on_gpu(shape, ks, per_sample, dtype):
-    """v1.9's candidate: the weights as kernel arguments (read from the constant bank), a launch a sample or one for
-    a batch sharing one network. Against float64, repeat-equal, and within the dtype's tolerance of the same plan
-    reading its weights from memory (the interpreter finds them bit-equal; on the GPU the assertion's message
-    counts the outputs that differ)."""
+    """v1.9: the weights as kernel arguments (read from the constant bank), a launch a sample or one for a batch
+    sharing one network (the default there in float32 and bfloat16). Against float64, repeat-equal, and within the
+    dtype's tolerance of the same plan reading its weights from memory (the interpreter finds them bit-equal; on the
+    GPU the assertion's message counts the outputs that differ)."""
     params = draw(shape, ks, per_sample=per_sample, device="cuda")
-    assert params._host is not None  # drawn on the CPU: no device sync to read the weights back
+    assert params.has_host_copy  # drawn on the CPU: no device sync to read the weights back
     interm = params.config.interm_channels
     x = image_like(shape, dtype, seed=9, device="cuda")
     plan = make_plan(shape, ks, interm, wargs=True)
     outs = _twice(x, params, plan)
     assert torch.equal(outs[0], outs[1]) and not torch.isnan(outs[0]).any()
     assert rel_error(outs[0], x, params) <= TOL[dtype]
+    assert default_wargs(x, [params]) == (not per_sample and dtype != F16)
     loaded = gin_fused(x, params, plan=dataclasses.replace(plan, wargs=False))
     differ = int((loaded != outs[0]).sum())
     assert float((outs[0].double() - loaded.double()).norm() / loaded.double().norm()) <= TOL[dtype], differ

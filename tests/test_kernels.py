@@ -12,7 +12,7 @@ import triton.language as tl
 from fedgin import gin_apply
 from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.gin import sample_base
-from fedgin.kernels.launch import WARGS_MAX_FLOATS, Plan, arg_floats, pack_params
+from fedgin.kernels.launch import WARGS_MAX_FLOATS, Plan, _plan_for, arg_floats, default_wargs, pack_params
 
 from kernel_cases import TOL, assert_plan_covers, count_launches, draw, image_like, rel_error
 
@@ -140,6 +140,29 @@ def test_weights_as_kernel_arguments_one_launch_for_a_shared_network(monkeypatch
     assert launched == ["gin_stream_kernel", "gin_scale_kernel"]
     assert not torch.isnan(args).any() and torch.equal(loaded, args)
     assert rel_error(args, x, params) <= TOL[F32] and len(set(params.alphas.tolist())) == shape[0]
+
+
+def test_default_plan_passes_a_shared_networks_weights_as_arguments():
+    """v1.9's default (third H200 run, bench/NOTES.md): a batch sharing one network in float32 or bfloat16 takes one
+    ``wargs`` launch, 3D chunks planned for the batch; a draw a sample, float16, a row too large for arguments or a
+    draw whose CPU copy would take a device sync read the weights from memory. The same bits either way."""
+    shape, ks = (3, 1, 9, 13), (3, 3, 1)
+    shared, own = draw(shape, ks, per_sample=False, seed=5), draw(shape, ks, seed=5)
+    x = image_like(shape, F32, seed=6)
+    assert default_wargs(x, [shared]) and default_wargs(x.to(BF16), [shared])
+    assert not default_wargs(x, [own]) and not default_wargs(x.half(), [shared])
+    assert not default_wargs(x, [shared, own])  # GIN-IPA's launch: every draw must share one network
+    moved = shared.to("meta")  # drawn on the CPU and moved: its CPU copy comes along
+    assert moved.has_host_copy and default_wargs(x, [moved])
+    assert not dataclasses.replace(moved, _host=None).has_host_copy
+    big = (1, 4, 8, 8, 8)
+    assert not default_wargs(image_like(big, F32, seed=1), [draw(big, (3,) * 8, 8, per_sample=False)])
+    plan = _plan_for(x, [shared], None)
+    assert plan.wargs and not _plan_for(x, [own], None).wargs
+    assert torch.equal(_run(x, shared), _run(x, shared, dataclasses.replace(plan, wargs=False)))
+    volume = (8, 1, 96, 96, 96)
+    batch = make_plan(volume, (3,) * 4, 2, wargs=True, shared_network=True)
+    assert batch.wargs and batch.zc == make_plan(volume, (3,) * 4, 2).zc > make_plan(volume, (3,) * 4, 2, wargs=True).zc
 
 
 def test_weights_as_kernel_arguments_only_where_they_fit():
