@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import triton
@@ -12,7 +13,15 @@ import triton.language as tl
 from fedgin import gin_apply
 from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.gin import sample_base
-from fedgin.kernels.launch import WARGS_MAX_FLOATS, Plan, _plan_for, arg_floats, default_wargs, pack_params
+from fedgin.kernels.launch import (
+    WARGS_MAX_FLOATS,
+    Plan,
+    _host_rows,
+    _plan_for,
+    arg_floats,
+    default_wargs,
+    pack_params,
+)
 
 from kernel_cases import TOL, assert_plan_covers, count_launches, draw, image_like, rel_error
 
@@ -188,6 +197,16 @@ def test_packed_rows_are_aligned_groups_with_alpha_last():
     assert torch.equal(rows[:, 48:50], params.biases[0])
     with pytest.raises(ValueError, match="wvec must be 1 or 4"):
         make_plan((1, 1, 8, 8), (3, 3), 2, wvec=2)
+
+
+@pytest.mark.parametrize("shape,ks,interm,per_sample", [((3, 2, 5, 5), (3, 1, 5), 2, True),
+                                                       ((2, 3, 4, 6, 5), (3, 3, 3, 3), 2, False),
+                                                       ((1, 4, 3, 3, 3), (1, 5), 8, True)])
+def test_host_rows_are_the_packed_rows(shape, ks, interm, per_sample):
+    """``wargs`` packs each draw on the host in NumPy: the same floats as :func:`pack_params`."""
+    params = draw(shape, ks, interm, per_sample=per_sample, seed=2)
+    rows = _host_rows(params, len(shape) - 2)
+    assert rows.dtype == np.float32 and np.array_equal(rows, pack_params(params, len(shape) - 2).numpy())
 
 
 def test_one_network_for_the_batch():
