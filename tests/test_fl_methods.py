@@ -3,17 +3,21 @@ federated round, config errors, and ``fedgin experiment --methods``."""
 import argparse
 import csv
 import math
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from fedgin.augment import AUGMENTATIONS, dsbn_state_keys, kl_consistency
+from fedgin.cli import build_parser
 from fedgin.commands import experiment
-from fedgin.config import MODALITIES, load_config, recipe
+from fedgin.commands.train import config_from_args
+from fedgin.config import MODALITIES, dump, load_config, recipe
 from fedgin.fl import engine
 from fedgin.fl.client import Client, get_weights
-from fedgin.fl.experiment import METHODS, method_config, method_names
+from fedgin.fl.experiment import METHODS, arm_config, method_config, method_names
 from fedgin.train.data import Case
 from fedgin.train.model import make_model
 
@@ -197,3 +201,18 @@ def test_consistency_gradients_stay_finite_for_saturated_predictions(reverse):
     loss = kl_consistency(logits, reverse)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(t.grad).all() for t in logits)
+
+
+def test_committed_192px_arms_are_kept_by_the_documented_command():
+    """Each finished arm under docs/comparison/paper-192px was written by the command its README gives: resuming
+    with that command keeps it (the config text matches) instead of refusing to continue."""
+    root = Path(__file__).resolve().parents[1] / "docs" / "comparison" / "paper-192px"
+    block = (root / "README.md").read_text().split("```")[1]
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:2] == ["fedgin", "experiment"] and "--resume" in argv
+    cfg = config_from_args(build_parser().parse_args(argv[1:]))
+    arms = sorted(p.parent for p in root.glob("*/test_metrics.json"))
+    assert len(arms) >= 4
+    for arm in arms:
+        assert (arm / "config.yaml").read_text() == dump(arm_config(cfg, arm.name)), arm.name
+        assert {"metrics.csv", "metrics.jsonl", "table.md"} <= {p.name for p in arm.iterdir()}, arm.name
