@@ -53,7 +53,8 @@ GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
     (Case(2, 3, (128,) * 3, "bf16"), ({}, {"wargs": True})),
     (Case(16, 4, (128, 128), kernel_sizes=K3X8, interm=8), (
         {}, {"th": 1, "tw": 32}, {"th": 1, "tw": 64}, {"th": 2, "tw": 32})),
-    (Case(64, 3, (256, 256)), ({}, {"wargs": True, SHARED: True})),
+    # 2D is host-bound from the host (0.415 ms against 0.179 from a graph): one launch (finish) saves a launch
+    (Case(64, 3, (256, 256)), ({}, {"wargs": True, SHARED: True}, {"finish": True})),
     (Case(64, 3, (256, 256), "fp16"), ({}, {"wargs": True, SHARED: True})),
     (Case(4, 1, (96,) * 3), ({}, {"wargs": True})),
     (Case(64, 3, (256, 256), "bf16"), ({}, {"wargs": True, SHARED: True}, V15_2D)),
