@@ -110,10 +110,9 @@ def run_experiment(cfg: RunConfig, out: str | Path, arms: list[str], *, resume: 
 def run_comparison(cfg: RunConfig, out: str | Path, methods: list[str], *, resume: bool = False,
                    progress: bool = True) -> tuple[list[dict], str]:
     """Train every method federated and centralized into ``out/<arm>``; write ``comparison.md``,
-    ``comparison.csv`` and ``comparison.png`` (and ``table.md``, the same markdown). Returns the rows and the
-    markdown. ``resume`` keeps finished arms and continues an interrupted one."""
-    from fedgin.fl.plots import comparison_plot
-
+    ``comparison.csv`` and ``comparison.png`` (and ``table.md``, the same markdown) after each arm, so an
+    interrupted comparison leaves the table of its finished arms. Returns the rows and the markdown. ``resume``
+    keeps finished arms and continues an interrupted one."""
     out = Path(out)
     methods = method_names(methods)
     configs = {arm: arm_config(cfg, arm) for arm in comparison_arms(methods)}  # all checked before any training
@@ -121,17 +120,31 @@ def run_comparison(cfg: RunConfig, out: str | Path, methods: list[str], *, resum
     for arm, arm_cfg in configs.items():
         started = (out / arm / "config.yaml").is_file()
         results[arm] = run(arm_cfg, out / arm, resume=resume and started, progress=progress)
+        rows, table = _write_comparison(cfg, out, methods, results, [a for a in configs if a not in results])
+    return rows, table
+
+
+def _write_comparison(cfg: RunConfig, out: Path, methods: list[str], results: dict[str, RunResult],
+                      pending: list[str]) -> tuple[list[dict], str]:
+    """The comparison of the finished arms ``results`` as markdown, CSV and PNG; ``pending`` arms are named in the
+    title."""
+    from fedgin.fl.plots import comparison_plot
+
     costs = {arm: augmentation_cost(r.history) for arm, r in results.items()}
     rows = comparison_rows({arm: r.test for arm, r in results.items()}, costs, methods)
     title = (f"# {cfg.name}: method comparison, test DSC per organ\n\n{cfg.fed.rounds} rounds, "
              f"{len(cfg.data.sites)} sites ({', '.join(s.modality for s in cfg.data.sites)}); data "
              f"{'phantom' if all(s.data_dir is None for s in cfg.data.sites) else 'user'}, {cfg.data.dims} "
              f"{cfg.data.size}px\n\n")
+    if pending:
+        title += (f"**Partial: {len(results)} of {len(results) + len(pending)} arms finished**; still to run: "
+                  f"{', '.join(pending)} (the same command with `--resume` continues).\n\n")
     table = title + comparison_table(rows, cfg.data.organs)
     atomic_write(out / "comparison.md", table)
     atomic_write(out / "table.md", table)
     atomic_write(out / "comparison.csv", comparison_csv(rows, cfg.data.organs))
-    comparison_plot(rows, out / "comparison.png", title=f"{cfg.name}: {cfg.fed.rounds} rounds")
+    comparison_plot(rows, out / "comparison.png", title=f"{cfg.name}: {cfg.fed.rounds} rounds"
+                    + (f" ({len(results)} of {len(results) + len(pending)} arms)" if pending else ""))
     return rows, table
 
 
