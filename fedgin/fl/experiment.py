@@ -96,15 +96,25 @@ def comparison_arms(methods: list[str]) -> list[str]:
 def run_experiment(cfg: RunConfig, out: str | Path, arms: list[str], *, resume: bool = False,
                    progress: bool = True) -> tuple[dict[str, dict], str]:
     """Run every arm into ``out/<arm>``; with ``resume``, finished arms are kept, an interrupted one continues and
-    the rest start. Writes and returns the table."""
+    the rest start. Writes the table after each arm (an interrupted run leaves its finished arms') and returns it."""
     out = Path(out)
+    arms = list(dict.fromkeys(arms))
     results = {}
     for arm in arms:
         started = (out / arm / "config.yaml").is_file()
         results[arm] = run(arm_config(cfg, arm), out / arm, resume=resume and started, progress=progress).test
-    table = experiment_table(results, cfg.data.organs)
-    atomic_write(out / "table.md", f"# {cfg.name}: test Dice (DSC) per organ\n\n{table}")
+        table = experiment_table(results, cfg.data.organs)
+        atomic_write(out / "table.md", f"# {cfg.name}: test Dice (DSC) per organ\n\n"
+                     f"{_partial_note(len(results), arms[len(results):])}{table}")
     return results, table
+
+
+def _partial_note(finished: int, pending: list[str]) -> str:
+    """The line a table of an unfinished experiment starts with (none when every arm finished)."""
+    if not pending:
+        return ""
+    return (f"**Partial: {finished} of {finished + len(pending)} arms finished**; still to run: {', '.join(pending)} "
+            "(the same command with `--resume` continues).\n\n")
 
 
 def run_comparison(cfg: RunConfig, out: str | Path, methods: list[str], *, resume: bool = False,
@@ -136,10 +146,7 @@ def _write_comparison(cfg: RunConfig, out: Path, methods: list[str], results: di
              f"{len(cfg.data.sites)} sites ({', '.join(s.modality for s in cfg.data.sites)}); data "
              f"{'phantom' if all(s.data_dir is None for s in cfg.data.sites) else 'user'}, {cfg.data.dims} "
              f"{cfg.data.size}px\n\n")
-    if pending:
-        title += (f"**Partial: {len(results)} of {len(results) + len(pending)} arms finished**; still to run: "
-                  f"{', '.join(pending)} (the same command with `--resume` continues).\n\n")
-    table = title + comparison_table(rows, cfg.data.organs)
+    table = title + _partial_note(len(results), pending) + comparison_table(rows, cfg.data.organs)
     atomic_write(out / "comparison.md", table)
     atomic_write(out / "table.md", table)
     atomic_write(out / "comparison.csv", comparison_csv(rows, cfg.data.organs))
