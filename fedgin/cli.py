@@ -6,10 +6,12 @@ import importlib
 import sys
 
 COMMANDS = ("synth", "augment", "train", "experiment", "demo", "bench")
+DESCRIPTION = ("Fused GIN augmentation and a federated CT/MRI segmentation trainer. Start with `fedgin demo`; "
+               "`fedgin COMMAND -h` lists a command's options.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedgin", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fedgin", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"fedgin.commands.{name}")
