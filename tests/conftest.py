@@ -1,7 +1,33 @@
-"""Run Triton kernels through the interpreter on machines without a GPU (set before any import)."""
+"""Test setup: Triton kernels run through the interpreter on machines without a GPU (set before any import); the
+fixture that interrupts an experiment at a named arm."""
+import contextlib
 import os
+from pathlib import Path
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def interrupted_at():
+    """``with interrupted_at(arm): ...``: the experiment's arm ``arm`` raises KeyboardInterrupt as it starts (the
+    arms before it train), and the block must end in that interruption."""
+    from fedgin.fl import experiment
+
+    @contextlib.contextmanager
+    def interrupted(arm: str):
+        train_arm = experiment.run
+
+        def run(cfg, run_dir, **kwargs):
+            if Path(run_dir).name == arm:
+                raise KeyboardInterrupt
+            return train_arm(cfg, run_dir, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+            patch.setattr(experiment, "run", run)
+            yield
+
+    return interrupted

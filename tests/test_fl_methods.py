@@ -16,7 +16,6 @@ from fedgin.commands import experiment
 from fedgin.commands.train import config_from_args
 from fedgin.config import MODALITIES, dump, load_config, recipe
 from fedgin.fl import engine
-from fedgin.fl import experiment as fl_experiment
 from fedgin.fl.client import Client, get_weights
 from fedgin.fl.experiment import METHODS, arm_config, method_config, method_names
 from fedgin.train.data import Case
@@ -166,29 +165,19 @@ def test_method_options_reach_the_augmentation():
     assert plan.augmentation.kernel_sizes == (1, 3) and plan.n_forward == 2
 
 
-def test_experiment_methods_writes_markdown_csv_and_png(cache, tmp_path, capsys, monkeypatch):
+def test_experiment_methods_writes_markdown_csv_and_png(cache, tmp_path, capsys, interrupted_at):
     parser = argparse.ArgumentParser()
     experiment.add_arguments(parser)
     out = tmp_path / "cmp"
     sets = [a for item in [*PHANTOM, f"data.cache_dir={cache}", "train.local_steps=1"] for a in ("--set", item)]
     argv = ["--methods", "randconv", "dsbn", "--rounds", "1", "--quiet", "--out", str(out), *sets]
-    train_arm = fl_experiment.run
-
-    def stopped_at_the_third_arm(cfg, run_dir, **kwargs):
-        if Path(run_dir).name == "fed-dsbn":
-            raise KeyboardInterrupt
-        return train_arm(cfg, run_dir, **kwargs)
-
-    monkeypatch.setattr(fl_experiment, "run", stopped_at_the_third_arm)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at("fed-dsbn"):  # the third arm
         experiment.run(parser.parse_args(argv))
     partial = (out / "comparison.md").read_text()  # the finished arms' table survives the interruption
     assert "**Partial: 2 of 4 arms finished**; still to run: fed-dsbn, central-dsbn" in partial
     assert "| randconv | federated |" in partial and "| randconv | centralized |" in partial
     assert "| dsbn |" not in partial and len(list(csv.DictReader((out / "comparison.csv").open()))) == 2 * 2
     kept = (out / "fed-randconv" / "test_metrics.json").read_text()
-    monkeypatch.setattr(fl_experiment, "run", train_arm)
-
     assert experiment.run(parser.parse_args([*argv, "--resume"])) == 0
     assert (out / "fed-randconv" / "test_metrics.json").read_text() == kept
     printed = capsys.readouterr().out

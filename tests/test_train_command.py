@@ -1,11 +1,9 @@
 """``fedgin train`` and ``fedgin experiment`` through their argument parsers, on tiny phantom data."""
 import argparse
-from pathlib import Path
 
 import pytest
 
 from fedgin.commands import experiment, train
-from fedgin.fl import experiment as fl_experiment
 
 TINY = [
     "data.size=32", "data.depth=8", "model.channels=[4, 8]", "model.strides=[2]", "eval.overlays=0",
@@ -41,22 +39,13 @@ def test_config_typo_is_an_error_naming_the_key(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_experiment_runs_the_protocol_arms(tmp_path, capsys, monkeypatch):
+def test_experiment_runs_the_protocol_arms(tmp_path, capsys, interrupted_at):
     argv = [*sets(tmp_path), "--rounds", "1", "--out", str(tmp_path / "exp"), "--quiet", "--arms", "fedavg",
             "local-mri-a"]
-    train_arm = fl_experiment.run
-
-    def stopped_at_the_second_arm(cfg, run_dir, **kwargs):
-        if Path(run_dir).name == "local-mri-a":
-            raise KeyboardInterrupt
-        return train_arm(cfg, run_dir, **kwargs)
-
-    monkeypatch.setattr(fl_experiment, "run", stopped_at_the_second_arm)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at("local-mri-a"):
         experiment.run(parse(experiment, argv))
     partial = (tmp_path / "exp/table.md").read_text()  # the finished arm's row survives the interruption
     assert "**Partial: 1 of 2 arms finished**; still to run: local-mri-a" in partial and "| fedavg |" in partial
-    monkeypatch.setattr(fl_experiment, "run", train_arm)
     assert experiment.run(parse(experiment, [*argv, "--resume"])) == 0
     out = capsys.readouterr().out
     assert "Partial" not in (tmp_path / "exp/table.md").read_text()

@@ -98,23 +98,23 @@ def run_experiment(cfg: RunConfig, out: str | Path, arms: list[str], *, resume: 
     """Run every arm into ``out/<arm>``; with ``resume``, finished arms are kept, an interrupted one continues and
     the rest start. Writes the table after each arm (an interrupted run leaves its finished arms') and returns it."""
     out = Path(out)
-    arms = list(dict.fromkeys(arms))
     results = {}
     for arm in arms:
         started = (out / arm / "config.yaml").is_file()
         results[arm] = run(arm_config(cfg, arm), out / arm, resume=resume and started, progress=progress).test
-        table = experiment_table(results, cfg.data.organs)
-        atomic_write(out / "table.md", f"# {cfg.name}: test Dice (DSC) per organ\n\n"
-                     f"{_partial_note(len(results), arms[len(results):])}{table}")
+        table = _partial_note(results, arms) + experiment_table(results, cfg.data.organs)
+        atomic_write(out / "table.md", f"# {cfg.name}: test Dice (DSC) per organ\n\n{table}")
     return results, table
 
 
-def _partial_note(finished: int, pending: list[str]) -> str:
-    """The line a table of an unfinished experiment starts with (none when every arm finished)."""
+def _partial_note(results: dict, arms: list[str]) -> str:
+    """The line a table of an unfinished experiment starts with: the ``arms`` not yet in ``results`` (none when
+    every arm finished)."""
+    pending = [arm for arm in arms if arm not in results]
     if not pending:
         return ""
-    return (f"**Partial: {finished} of {finished + len(pending)} arms finished**; still to run: {', '.join(pending)} "
-            "(the same command with `--resume` continues).\n\n")
+    return (f"**Partial: {len(results)} of {len(results) + len(pending)} arms finished**; still to run: "
+            f"{', '.join(pending)} (the same command with `--resume` continues).\n\n")
 
 
 def run_comparison(cfg: RunConfig, out: str | Path, methods: list[str], *, resume: bool = False,
@@ -130,14 +130,14 @@ def run_comparison(cfg: RunConfig, out: str | Path, methods: list[str], *, resum
     for arm, arm_cfg in configs.items():
         started = (out / arm / "config.yaml").is_file()
         results[arm] = run(arm_cfg, out / arm, resume=resume and started, progress=progress)
-        rows, table = _write_comparison(cfg, out, methods, results, [a for a in configs if a not in results])
+        rows, table = _write_comparison(cfg, out, methods, results, list(configs))
     return rows, table
 
 
 def _write_comparison(cfg: RunConfig, out: Path, methods: list[str], results: dict[str, RunResult],
-                      pending: list[str]) -> tuple[list[dict], str]:
-    """The comparison of the finished arms ``results`` as markdown, CSV and PNG; ``pending`` arms are named in the
-    title."""
+                      arms: list[str]) -> tuple[list[dict], str]:
+    """The comparison of the finished arms ``results`` (of ``arms``) as markdown, CSV and PNG; the title names the
+    arms still to run."""
     from fedgin.fl.plots import comparison_plot
 
     costs = {arm: augmentation_cost(r.history) for arm, r in results.items()}
@@ -146,12 +146,12 @@ def _write_comparison(cfg: RunConfig, out: Path, methods: list[str], results: di
              f"{len(cfg.data.sites)} sites ({', '.join(s.modality for s in cfg.data.sites)}); data "
              f"{'phantom' if all(s.data_dir is None for s in cfg.data.sites) else 'user'}, {cfg.data.dims} "
              f"{cfg.data.size}px\n\n")
-    table = title + _partial_note(len(results), pending) + comparison_table(rows, cfg.data.organs)
+    table = title + _partial_note(results, arms) + comparison_table(rows, cfg.data.organs)
     atomic_write(out / "comparison.md", table)
     atomic_write(out / "table.md", table)
     atomic_write(out / "comparison.csv", comparison_csv(rows, cfg.data.organs))
     comparison_plot(rows, out / "comparison.png", title=f"{cfg.name}: {cfg.fed.rounds} rounds"
-                    + (f" ({len(results)} of {len(results) + len(pending)} arms)" if pending else ""))
+                    + (f" ({len(results)} of {len(arms)} arms)" if len(results) < len(arms) else ""))
     return rows, table
 
 
