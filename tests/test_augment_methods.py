@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import UNet
+from torch import nn
 
 from fedgin import GINParams, gin_apply, make_config
 from fedgin.augment import (
@@ -351,6 +352,27 @@ def test_high_frequency_target_head_and_loss():
     loss.backward()
     assert loss > 0 and all(p.grad is not None for p in head.parameters())
     assert high_frequency_loss(target, x) == 0
+
+
+@pytest.mark.parametrize("conv", [
+    nn.ConvTranspose2d(12, 7, 3, stride=2, padding=1, output_padding=1),  # MONAI UNet's last layer
+    nn.ConvTranspose3d(6, 4, 4, stride=2, padding=1),  # the original's h_upconv geometry, in 3D
+    nn.Conv2d(12, 7, 1),
+    nn.Conv3d(6, 4, 3, padding=1),
+])
+def test_reconstruction_head_mirrors_the_final_convolution(conv):
+    feats = torch.randn(2, conv.in_channels, *(9,) * len(conv.kernel_size), generator=gen(0))
+    head = HighFreqReconstructionHead.mirroring(conv, 3)
+    pred = head(feats)
+    assert type(head.conv) is type(conv) and head.conv.out_channels == 3
+    assert pred.shape[2:] == conv(feats).shape[2:] and pred.shape[:2] == (2, 3) and pred.abs().max() < 1
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(4, 2, 3, dilation=2), nn.Conv2d(4, 2, 3, groups=2),
+                                  nn.Conv2d(4, 2, 3, padding=1, padding_mode="reflect"), nn.Linear(4, 2)])
+def test_reconstruction_head_rejects_what_it_cannot_mirror(conv):
+    with pytest.raises(ValueError, match="needs a plain convolution"):
+        HighFreqReconstructionHead.mirroring(conv, 1)
 
 
 # ---------------------------------------------------------------- consistency loss

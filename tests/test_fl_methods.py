@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fedgin.augment import AUGMENTATIONS, dsbn_state_keys, kl_consistency
 from fedgin.cli import build_parser
@@ -19,7 +20,7 @@ from fedgin.fl import engine
 from fedgin.fl.client import Client, get_weights
 from fedgin.fl.experiment import METHODS, arm_config, method_config, method_names
 from fedgin.train.data import Case
-from fedgin.train.model import make_model
+from fedgin.train.model import ReconstructionBranch, make_model
 
 TINY = ["data.size=16", "model.channels=[4, 8]", "model.strides=[2]", "train.batch_size=4", "train.local_steps=2"]
 PHANTOM = [
@@ -110,6 +111,30 @@ def test_raffesdg_trains_its_reconstruction_head():
     client = Client("site", "ct", cases(), [], cfg, seed=0)
     result = client.fit(start)
     assert all(not np.array_equal(start[k], result.weights[k]) for k in head if k.endswith("weight"))
+
+
+def test_reconstruction_branch_predicts_at_the_image_size():
+    torch.manual_seed(0)
+    model = make_model(method_cfg("raffesdg")).train()
+    x = torch.rand(3, 1, 32, 32)
+    logits = model(x)
+    pred = model.reconstruction.reconstruct((32, 32), 2)
+    assert logits.shape[2:] == pred.shape[2:] and pred.shape[:2] == (2, 1) and pred.abs().max() < 1
+    with pytest.raises(RuntimeError, match="no features kept"):
+        model.reconstruction.reconstruct((32, 32), 2)  # each forward's features are used once
+    # a network that resamples after its final convolution: the prediction is resized to the image
+    class Upsampling(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 2, 1), nn.Upsample(scale_factor=2))
+
+        def forward(self, x):
+            return self.layers(x)
+
+    net = Upsampling().train()
+    branch = ReconstructionBranch.attach(net, 1)
+    net(torch.rand(2, 1, 8, 8))
+    assert branch.reconstruct((16, 16), 2).shape == (2, 1, 16, 16)
 
 
 def test_dsbn_never_averages_domain_statistics_across_modalities(cache, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ def make_model(cfg: RunConfig) -> nn.Module:
     if cfg.fed.norm == "dsbn":
         convert_to_dsbn(model, len(MODALITIES))
     if recipe(cfg).reconstruction_weight:
-        ReconstructionBranch.attach(model, cfg.data.channels, 2 if cfg.data.dims == "2d" else 3)
+        ReconstructionBranch.attach(model, cfg.data.channels)
     return model
 
 
@@ -55,19 +55,19 @@ def model_for_modality(cfg: RunConfig, modality: str) -> nn.Module:
 
 class ReconstructionBranch(nn.Module):
     """RaffeSDG's auxiliary branch on any network: a forward pre-hook keeps the input of the network's final
-    convolution (in training mode), and :meth:`reconstruct` maps it (resized to the image) to the high-frequency
-    image with :class:`fedgin.augment.HighFreqReconstructionHead`. Attached as ``model.reconstruction``, so its
-    weights train and federate with the network's."""
+    convolution (in training mode), and :meth:`reconstruct` maps it to the high-frequency image with a
+    :class:`fedgin.augment.HighFreqReconstructionHead` of that convolution's geometry. Attached as
+    ``model.reconstruction``, so its weights train and federate with the network's."""
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int) -> None:
+    def __init__(self, head: HighFreqReconstructionHead) -> None:
         super().__init__()
-        self.head = HighFreqReconstructionHead(in_channels, out_channels, spatial_dims)
+        self.head = head
         self.features: Tensor | None = None
 
     @classmethod
-    def attach(cls, model: nn.Module, image_channels: int, spatial_dims: int) -> ReconstructionBranch:
+    def attach(cls, model: nn.Module, image_channels: int) -> ReconstructionBranch:
         last = [mod for mod in model.modules() if isinstance(mod, _CONVS)][-1]
-        branch = cls(last.in_channels, image_channels, spatial_dims)
+        branch = cls(HighFreqReconstructionHead.mirroring(last, image_channels))
         model.add_module("reconstruction", branch)
         last.register_forward_pre_hook(branch.keep)
         return branch
@@ -76,14 +76,16 @@ class ReconstructionBranch(nn.Module):
         self.features = args[0] if self.training else None
 
     def reconstruct(self, size: tuple[int, ...], batch: int) -> Tensor:
-        """The high-frequency prediction [batch, C, *size] from the first ``batch`` samples of the last forward."""
+        """The high-frequency prediction [batch, C, *size] from the first ``batch`` samples of the last forward
+        (resized to ``size`` where the network resamples after its final convolution)."""
         if self.features is None:
             raise RuntimeError("no features kept: run the model in training mode first")
-        feats, self.features = self.features[:batch], None
-        if tuple(feats.shape[2:]) != tuple(size):
-            feats = F.interpolate(feats, size=size, mode="bilinear" if len(size) == 2 else "trilinear",
-                                  align_corners=False)
-        return self.head(feats)
+        pred = self.head(self.features[:batch])
+        self.features = None
+        if tuple(pred.shape[2:]) != tuple(size):
+            pred = F.interpolate(pred, size=size, mode="bilinear" if len(size) == 2 else "trilinear",
+                                 align_corners=False)
+        return pred
 
 
 def norm_keys(model: nn.Module) -> set[str]:
