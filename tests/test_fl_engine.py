@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedgin.config import load_config
+from fedgin.environment import git_state
 from fedgin.fl.client import Client, FitResult, get_weights
 from fedgin.fl.engine import build_federation, run
 from fedgin.train import local
@@ -93,6 +94,11 @@ def test_resume_continues_to_the_same_result(cache, tmp_path, monkeypatch):
     assert [{k: v for k, v in r.items() if not k.endswith(drop)} for r in resumed.history] == \
            [{k: v for k, v in r.items() if not k.endswith(drop)} for r in straight.history]
     assert resumed.test == straight.test
+    starts = [json.loads(line) for line in (tmp_path / "resumed/environment.jsonl").read_text().splitlines()]
+    assert [s["first_round"] for s in starts] == [1, 2]  # the start, then the resume after round 1
+    assert all(s["device_type"] == "cpu" and s["torch"] == torch.__version__ and s["started"] for s in starts)
+    assert starts[0]["git"] == git_state()  # this checkout's commit
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}  # not a checkout (an installed package)
     with pytest.raises(ValueError, match="config differs"):
         run(tiny(cache, "fed.rounds=4"), tmp_path / "resumed", resume=True, progress=False)
 

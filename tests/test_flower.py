@@ -127,6 +127,8 @@ def test_an_interrupted_dsbn_run_resumes_to_the_builtin_result(cache, tmp_path):
     status = run_local(cfg, out, resume=True, progress=False)
     assert status.ok
     assert run_local(cfg, out, resume=True, progress=False) is None  # finished: nothing to do
+    starts = [json.loads(line)["first_round"] for line in (out / "environment.jsonl").read_text().splitlines()]
+    assert starts == [1, 2]  # the server's start and its resume after round 1
     builtin = run_builtin(load_config(overrides=over), tmp_path / "builtin", progress=False)
     assert "train/mri-a/domain" in builtin.history[0]
     assert_same_run(out, builtin)

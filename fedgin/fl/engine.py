@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedgin.config import RunConfig, dump
+from fedgin.environment import environment
 from fedgin.fl.aggregate import Weights, fedavg, fedavg_dsbn
 from fedgin.fl.client import Client, get_weights, set_weights
 from fedgin.fl.rundir import RunDir, atomic_write, to_arrays, to_tensors
@@ -91,6 +92,7 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
         torch.set_rng_state(state["torch_rng"])
         for c in fed.trainers + fed.sites:
             c.load_state_dict(state["clients"][c.name])
+    rd.log_start(environment(device), start + 1)
 
     local_keys, domain_keys = fed.trainers[0].local_keys, fed.trainers[0].domain_keys
     rounds = tqdm(range(start, cfg.fed.rounds), desc=cfg.name, disable=not progress, initial=start,

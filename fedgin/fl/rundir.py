@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -46,6 +47,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.best = self.path / "best_model.pt"
         self.test = self.path / "test_metrics.json"
+        self.environment = self.path / "environment.jsonl"
         self.table = self.path / "table.md"
         self.plots = self.path / "plots"
 
@@ -66,6 +68,14 @@ class RunDir:
         if self.config.read_text() != config_text:
             raise ValueError(f"the config differs from the one of the run in {self.config}; resume with the same one")
         return self.finished
+
+    def log_start(self, environment: dict, first_round: int) -> None:
+        """Append a line to ``environment.jsonl`` for a start or resume at ``first_round`` (1-based): the UTC time
+        and ``environment`` (:func:`fedgin.environment.environment`: machine, versions, git commit)."""
+        line = json.dumps({"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "first_round": first_round, **environment})
+        old = self.environment.read_text() if self.environment.is_file() else ""
+        atomic_write(self.environment, old + line + "\n")
 
     def save_state(self, state: dict) -> None:
         buf = io.BytesIO()

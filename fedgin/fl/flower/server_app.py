@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 
 from fedgin.augment import dsbn_state_keys
 from fedgin.config import RunConfig, dump
+from fedgin.environment import environment
 from fedgin.fl.aggregate import Weights, fedavg, fedavg_dsbn
 from fedgin.fl.client import EvalResult, get_weights
 from fedgin.fl.engine import Federation, evaluate_tests, resolve_device, sample_clients, validate_sites
@@ -317,6 +318,7 @@ def run_on_grid(grid: Grid, cfg: RunConfig, out: str | Path, resume: bool = Fals
     run = ServerRun(cfg, rd, sites, weights)
     if resume and rd.state.is_file():
         run.restore(rd.load_state())
+    rd.log_start(environment(device), run.done + 1)
     if run.done < cfg.fed.rounds:
         make_strategy(cfg, run).start(grid, to_record(run.weights), cfg.fed.rounds - run.done,
                                       timeout=cfg.flower.round_timeout,
