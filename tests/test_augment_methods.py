@@ -323,6 +323,26 @@ def test_fmaug_with_one_filter_is_the_normalized_magnitude_of_the_highpass(cls, 
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 20, 24), (2, 2, 6, 8, 10)], ids=["2d", "3d"])
+@pytest.mark.parametrize("cls,scale", [(FMAug, 1.0), (RaffeSDG, 2.0)])
+def test_frequency_methods_read_the_test_time_highpass_at_evaluation(cls, scale, shape):
+    """The originals' network reads only high-passed images: at test time through a fixed Butterworth filter
+    (cutoff ratio 0.005, order 1: d0 = 1 at these sizes, so the DC keeps half), normalized as a training view."""
+    x = images(shape, dtype=torch.float32) * 300 - 100
+    out = cls().eval_input(x)
+    expected = percentile_normalize(butterworth_highpass(minmax01(x).double(), 1, 1).abs())
+    assert out.dtype == x.dtype and out.shape == x.shape and torch.equal(out, cls().eval_input(x))
+    torch.testing.assert_close(out.double(), scale * expected - (scale - 1), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, scale * minmax01(x) - (scale - 1), atol=1e-2)  # not the image itself
+
+
+@pytest.mark.parametrize("method", sorted(set(AUGMENTATIONS) - {"fmaug", "raffesdg"}))
+def test_other_methods_read_the_image_at_evaluation(method):
+    x = images((2, 1, 12, 12))
+    options = {"n_classes": 3} if AUGMENTATIONS[method].needs_label else {}
+    assert make_augmentation(method, **options).eval_input(x) is x
+
+
 def test_fmaug_blends_two_filtered_images_with_a_mask():
     x = images((2, 1, 24, 24))
     out = FMAug(masks="grid")(x, generator=gen(0))

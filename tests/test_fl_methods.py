@@ -113,6 +113,31 @@ def test_raffesdg_trains_its_reconstruction_head():
     assert all(not np.array_equal(start[k], result.weights[k]) for k in head if k.endswith("weight"))
 
 
+@pytest.mark.parametrize("method", ["fmaug", "raffesdg"])
+def test_validation_test_and_overlays_read_the_methods_eval_input(method, cache, tmp_path, monkeypatch):
+    """A network trained only on high-passed images is evaluated on high-passed images: every evaluation (site
+    validation, test sets, overlay plots) goes through the method's ``eval_input``; training never does."""
+    cls = AUGMENTATIONS[method]
+    seen = []
+    eval_input = cls.eval_input
+
+    def spy(self, x):
+        seen.append(tuple(x.shape))
+        return eval_input(self, x)
+
+    monkeypatch.setattr(cls, "eval_input", spy)
+    cfg = method_config(load_config(overrides=[*PHANTOM, f"data.cache_dir={cache}", "fed.rounds=1",
+                                               "eval.overlays=1"]), method, "federated")
+    engine.run(cfg, tmp_path / "run", progress=False)
+    depth, size = 8, 32
+    val_cases = sum(len(s.val) for s in engine.build_federation(cfg, torch.device("cpu")).sites)
+    # one batch a case (2D: the case's slices): validation cases, the two test cases, one overlay case a test set
+    assert seen == [(depth, 1, size, size)] * (val_cases + 2 + 2)
+    seen.clear()
+    fit_once(method_cfg(method))
+    assert seen == []
+
+
 def test_reconstruction_branch_predicts_at_the_image_size():
     torch.manual_seed(0)
     model = make_model(method_cfg("raffesdg")).train()

@@ -88,6 +88,11 @@ class Augmentation:
     def augment(self, x: Tensor, label: Tensor | None, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
 
+    def eval_input(self, x: Tensor) -> Tensor:
+        """What the network reads at validation and test in place of the image batch ``x``: ``x`` itself, except
+        for methods whose network only ever reads transformed images (FMAug, RaffeSDG: a fixed high-pass)."""
+        return x
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 

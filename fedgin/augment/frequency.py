@@ -49,6 +49,7 @@ from fedgin.augment.masks import MIX_MASKS, mix_mask
 
 CUTOFF_RATIOS = tuple(float(v) for v in 0.1 * (np.exp(4.1 * np.linspace(0, 1, 12)) - 1) / (np.exp(4.1) - 1))
 ORDERS = (1, 2, 3)
+EVAL_CUTOFF_RATIO, EVAL_ORDER = 0.005, 1  # the originals' test-time filter (``hfc_filter_in``)
 
 
 def frequency_radius(spatial: Sequence[int], device: torch.device | str | None = None) -> Tensor:
@@ -166,7 +167,11 @@ class FMAug(Augmentation):
             if key not in cache:
                 cache[key] = 1.0 / (1.0 + (key[0] / (radius + 1.0)) ** (2 * key[1]))
             gains.append(cache[key])
-        gain = torch.stack(gains).reshape(b, n_filt, *spatial)
+        return self._normalized_magnitude(x01, torch.stack(gains).reshape(b, n_filt, *spatial))
+
+    def _normalized_magnitude(self, x01: Tensor, gain: Tensor) -> Tensor:
+        """``|ifft(gain * fft(x01))|`` (float64), percentile-normalized, in ``x01``'s dtype (the originals'
+        ``get_hfc`` and ``HFCFilter.forward``)."""
         dims = tuple(range(2, x01.dim()))
         out = torch.fft.ifftn(torch.fft.fftn(x01.double(), dim=dims) * gain, dim=dims).abs()
         return percentile_normalize(out.to(x01.dtype), self.percentile)
@@ -182,6 +187,14 @@ class FMAug(Augmentation):
     def finish(self, y: Tensor) -> Tensor:
         """The last step of the pipeline: FMAug returns the blend as is."""
         return y
+
+    def eval_input(self, x: Tensor) -> Tensor:
+        """The network never reads a raw image: at validation and test it reads the image through the originals'
+        fixed test-time filter (``FourierButterworthHFCFilter(butterworth_d0_ratio=0.005, butterworth_n=1)``:
+        cutoff ratio :data:`EVAL_CUTOFF_RATIO`, order :data:`EVAL_ORDER`), normalized and finished as a view."""
+        x01 = minmax01(x.float() if x.dtype != torch.float64 else x)
+        gain = butterworth_gain(x.shape[2:], cutoff_index(EVAL_CUTOFF_RATIO, x.shape[2:]), EVAL_ORDER, x.device)
+        return self.finish(self._normalized_magnitude(x01, gain)).to(x.dtype)
 
 
 @register("raffesdg")

@@ -65,6 +65,10 @@ class Recipe:
         """Forward groups per batch (the clean image counts)."""
         return (self.augmentation.n_views if self.augmentation else 1) + (1 if self.clean_view else 0)
 
+    def eval_input(self, x: Tensor) -> Tensor:
+        """The network's input at validation and test for an image batch ``x`` (:meth:`Augmentation.eval_input`)."""
+        return x if self.augmentation is None else self.augmentation.eval_input(x)
+
     def views(self, x: Tensor, label: Tensor, generator: torch.Generator | None) -> list[Tensor]:
         """The forward groups of a batch ``x`` (label needed by label-aware methods)."""
         if self.augmentation is None:

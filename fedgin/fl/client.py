@@ -8,13 +8,14 @@ under ``fed.norm: dsbn`` the site's domain (its modality), used in training and 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fedgin.augment import dsbn_state_keys, use_domain
-from fedgin.config import RunConfig
+from fedgin.config import RunConfig, recipe
 from fedgin.fl.aggregate import Weights
 from fedgin.train.data import Case, training_tensors
 from fedgin.train.evaluate import evaluate_cases
@@ -58,6 +59,7 @@ class Client:
         self.model = make_model(cfg).to(device)
         self.images, self.labels = training_tensors(train, cfg.data.dims) if train else (None, None)
         self.val = val
+        self.eval_input = recipe(cfg).eval_input
         self.generator = torch.Generator().manual_seed(seed)
         self.local_keys = norm_keys(self.model) if cfg.fed.norm == "local" else set()
         self.local_state: Weights = {}
@@ -99,10 +101,9 @@ class Client:
             return EvalResult(0, {})
         self.load(weights)
         d = self.cfg.data
-        if self.domain is None:
-            return EvalResult(len(self.val), evaluate_cases(self.model, self.val, d.organs, d.channels, d.dims, hd95))
-        with use_domain(self.model, self.domain):
-            return EvalResult(len(self.val), evaluate_cases(self.model, self.val, d.organs, d.channels, d.dims, hd95))
+        with use_domain(self.model, self.domain) if self.domain is not None else contextlib.nullcontext():
+            return EvalResult(len(self.val), evaluate_cases(self.model, self.val, d.organs, d.channels, d.dims, hd95,
+                                                            self.eval_input))
 
     def state_dict(self) -> dict:
         """What a resumed run needs: the RNG and the local normalization state."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedgin.config import RunConfig, dump
+from fedgin.config import RunConfig, dump, recipe
 from fedgin.environment import environment
 from fedgin.fl.aggregate import Weights, fedavg, fedavg_dsbn
 from fedgin.fl.client import Client, get_weights, set_weights
@@ -185,8 +185,9 @@ def model_for(cfg: RunConfig, fed: Federation, weights: Weights, modality: str, 
 
 
 def evaluate_tests(cfg: RunConfig, fed: Federation, weights: Weights, device: torch.device) -> dict:
-    d = cfg.data
-    return {name: evaluate_cases(model_for(cfg, fed, weights, mod, device), cases, d.organs, d.channels, d.dims)
+    d, prepare = cfg.data, recipe(cfg).eval_input
+    return {name: evaluate_cases(model_for(cfg, fed, weights, mod, device), cases, d.organs, d.channels, d.dims,
+                                 prepare=prepare)
             for name, (mod, cases) in fed.tests.items()}
 
 

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fedgin.config import recipe  # noqa: E402
 from fedgin.fl.rundir import RunDir, atomic_write  # noqa: E402
 from fedgin.train.evaluate import predict  # noqa: E402
 
@@ -56,7 +57,7 @@ def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, 
                 continue
             case = cases[col]
             image = case.image[0].numpy()
-            pred = predict(model, case, cfg.data.channels, cfg.data.dims).numpy()
+            pred = predict(model, case, cfg.data.channels, cfg.data.dims, prepare=recipe(cfg).eval_input).numpy()
             label = case.label[0].numpy()
             z = int(np.argmax((label > 0).sum((0, 1))))
             # RAS axes shown as radiologists do: patient right on the left, anterior up

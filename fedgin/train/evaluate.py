@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,15 +15,18 @@ from fedgin.train.local import expand_channels
 
 
 @torch.no_grad()
-def predict(model: nn.Module, case: Case, channels: int, dims: str, batch_size: int = 32) -> Tensor:
-    """Label ids [X, Y, Z] for one case: slice by slice (2D, stacked to 3D) or the whole volume (3D)."""
+def predict(model: nn.Module, case: Case, channels: int, dims: str, batch_size: int = 32,
+            prepare: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Label ids [X, Y, Z] for one case: slice by slice (2D, stacked to 3D) or the whole volume (3D).
+    ``prepare`` maps each network input batch first (the method's :meth:`fedgin.augment.Recipe.eval_input`)."""
     model.eval()
     device = next(model.parameters()).device
     image = case.image.to(device)
+    prepare = prepare or (lambda x: x)
     if dims == "3d":
-        return model(expand_channels(image[None], channels)).argmax(1)[0].cpu()
+        return model(prepare(expand_channels(image[None], channels))).argmax(1)[0].cpu()
     slices = image.permute(3, 0, 1, 2)  # [Z, 1, X, Y]
-    out = [model(expand_channels(s, channels)).argmax(1) for s in slices.split(batch_size)]
+    out = [model(prepare(expand_channels(s, channels))).argmax(1) for s in slices.split(batch_size)]
     return torch.cat(out).permute(1, 2, 0).cpu()
 
 
@@ -46,11 +50,13 @@ def case_scores(pred: Tensor, label: Tensor, n_classes: int, hd95: bool) -> tupl
 
 
 def evaluate_cases(model: nn.Module, cases: list[Case], organs: list[str], channels: int, dims: str,
-                   hd95: bool = True) -> dict[str, float]:
-    """Scalar metrics over patients: ``dice/<organ>``, ``dice/mean`` (and ``hd95/...``), means ignoring NaN."""
+                   hd95: bool = True, prepare: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+    """Scalar metrics over patients: ``dice/<organ>``, ``dice/mean`` (and ``hd95/...``), means ignoring NaN.
+    ``prepare``: as in :func:`predict`."""
     dices, hds = [], []
     for case in cases:
-        d, h = case_scores(predict(model, case, channels, dims), case.label[0], len(organs) + 1, hd95)
+        d, h = case_scores(predict(model, case, channels, dims, prepare=prepare), case.label[0], len(organs) + 1,
+                           hd95)
         dices.append(d)
         if h is not None:
             hds.append(h)
