@@ -18,7 +18,7 @@ from fedgin.train.local import expand_channels
 def predict(model: nn.Module, case: Case, channels: int, dims: str, batch_size: int = 32,
             prepare: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Label ids [X, Y, Z] for one case: slice by slice (2D, stacked to 3D) or the whole volume (3D).
-    ``prepare`` maps each network input batch first (the method's :meth:`fedgin.augment.Recipe.eval_input`)."""
+    ``prepare`` maps each network input batch first (:meth:`fedgin.augment.recipes.Recipe.eval_input`)."""
     model.eval()
     device = next(model.parameters()).device
     image = case.image.to(device)
