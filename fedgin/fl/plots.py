@@ -47,6 +47,7 @@ def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, 
     n = cfg.eval.overlays
     if n < 1:
         return
+    prepare = recipe(cfg).eval_input
     fig, axes = plt.subplots(len(fed.tests), n, figsize=(3 * n, 3 * len(fed.tests)), squeeze=False)
     for row, (name, (mod, cases)) in enumerate(fed.tests.items()):
         model = model_for(cfg, fed, weights, mod, device)
@@ -57,7 +58,7 @@ def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, 
                 continue
             case = cases[col]
             image = case.image[0].numpy()
-            pred = predict(model, case, cfg.data.channels, cfg.data.dims, prepare=recipe(cfg).eval_input).numpy()
+            pred = predict(model, case, cfg.data.channels, cfg.data.dims, prepare=prepare).numpy()
             label = case.label[0].numpy()
             z = int(np.argmax((label > 0).sum((0, 1))))
             # RAS axes shown as radiologists do: patient right on the left, anterior up
