@@ -65,9 +65,14 @@ def cutoff_index(ratio: float, spatial: Sequence[int]) -> int:
     return int(max((ratio * min(spatial)) // 2, 1))
 
 
-def butterworth_gain(spatial: Sequence[int], d0: float, order: int, device: torch.device | str | None = None) -> Tensor:
-    """The Butterworth high-pass gain ``1 / (1 + (d0 / (d + 1)) ** (2 order))`` on the FFT grid, float64 [*S]."""
-    return 1.0 / (1.0 + (d0 / (frequency_radius(spatial, device) + 1.0)) ** (2 * order))
+def butterworth_gain(spatial: Sequence[int], d0: float, order: int, device: torch.device | str | None = None,
+                     radius: Tensor | None = None) -> Tensor:
+    """The Butterworth high-pass gain ``1 / (1 + (d0 / (d + 1)) ** (2 order))`` on the FFT grid, float64 [*S].
+
+    ``radius``: :func:`frequency_radius` of ``spatial`` when the caller already holds it.
+    """
+    radius = frequency_radius(spatial, device) if radius is None else radius
+    return 1.0 / (1.0 + (d0 / (radius + 1.0)) ** (2 * order))
 
 
 def butterworth_highpass(x: Tensor, d0: float, order: int) -> Tensor:
@@ -123,6 +128,11 @@ def high_frequency_target(x: Tensor, kernel_size: int = 27, sigma: float = 9.0, 
     return torch.clamp(ratio * (x01 - low), -1.0, 1.0)
 
 
+def _unit(x: Tensor) -> Tensor:
+    """``x`` min-max scaled per sample (:func:`minmax01`), computed in float32 unless ``x`` is float64."""
+    return minmax01(x if x.dtype == torch.float64 else x.float())
+
+
 @register("fmaug")
 class FMAug(Augmentation):
     """FMAug: two random Butterworth high-pass views blended by a random mask (defaults: the ``FMAug`` class)."""
@@ -165,7 +175,7 @@ class FMAug(Augmentation):
                 ratio = self.cutoff_ratios[pick[i][j] // len(self.orders)]
                 key = (cutoff_index(ratio, spatial), self.orders[pick[i][j] % len(self.orders)])
             if key not in cache:
-                cache[key] = 1.0 / (1.0 + (key[0] / (radius + 1.0)) ** (2 * key[1]))
+                cache[key] = butterworth_gain(spatial, *key, radius=radius)
             gains.append(cache[key])
         return self._normalized_magnitude(x01, torch.stack(gains).reshape(b, n_filt, *spatial))
 
@@ -177,7 +187,7 @@ class FMAug(Augmentation):
         return percentile_normalize(out.to(x01.dtype), self.percentile)
 
     def augment(self, x: Tensor, label: Tensor | None, generator: torch.Generator | None) -> Tensor:
-        x01 = minmax01(x.float() if x.dtype != torch.float64 else x)
+        x01 = _unit(x)
         y1 = self.filtered(x01, generator)
         y2 = self.filtered(x01, generator)
         kind = self.masks[int(randint(len(self.masks), (1,), generator, x.device))]
@@ -192,7 +202,7 @@ class FMAug(Augmentation):
         """The network never reads a raw image: at validation and test it reads the image through the originals'
         fixed test-time filter (``FourierButterworthHFCFilter(butterworth_d0_ratio=0.005, butterworth_n=1)``:
         cutoff ratio :data:`EVAL_CUTOFF_RATIO`, order :data:`EVAL_ORDER`), normalized and finished as a view."""
-        x01 = minmax01(x.float() if x.dtype != torch.float64 else x)
+        x01 = _unit(x)
         gain = butterworth_gain(x.shape[2:], cutoff_index(EVAL_CUTOFF_RATIO, x.shape[2:]), EVAL_ORDER, x.device)
         return self.finish(self._normalized_magnitude(x01, gain)).to(x.dtype)
 
