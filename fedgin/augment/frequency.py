@@ -65,13 +65,13 @@ def cutoff_index(ratio: float, spatial: Sequence[int]) -> int:
     return int(max((ratio * min(spatial)) // 2, 1))
 
 
-def butterworth_gain(spatial: Sequence[int], d0: float, order: int, device: torch.device | str | None = None,
-                     radius: Tensor | None = None) -> Tensor:
-    """The Butterworth high-pass gain ``1 / (1 + (d0 / (d + 1)) ** (2 order))`` on the FFT grid, float64 [*S].
+def butterworth_gain(spatial: Sequence[int], d0: float, order: int, device: torch.device | str | None = None) -> Tensor:
+    """The Butterworth high-pass gain ``1 / (1 + (d0 / (d + 1)) ** (2 order))`` on the FFT grid, float64 [*S]."""
+    return butterworth_at(frequency_radius(spatial, device), d0, order)
 
-    ``radius``: :func:`frequency_radius` of ``spatial`` when the caller already holds it.
-    """
-    radius = frequency_radius(spatial, device) if radius is None else radius
+
+def butterworth_at(radius: Tensor, d0: float, order: int) -> Tensor:
+    """The Butterworth high-pass gain at frequency radii ``radius`` (:func:`frequency_radius`)."""
     return 1.0 / (1.0 + (d0 / (radius + 1.0)) ** (2 * order))
 
 
@@ -175,7 +175,7 @@ class FMAug(Augmentation):
                 ratio = self.cutoff_ratios[pick[i][j] // len(self.orders)]
                 key = (cutoff_index(ratio, spatial), self.orders[pick[i][j] % len(self.orders)])
             if key not in cache:
-                cache[key] = butterworth_gain(spatial, *key, radius=radius)
+                cache[key] = butterworth_at(radius, *key)
             gains.append(cache[key])
         return self._normalized_magnitude(x01, torch.stack(gains).reshape(b, n_filt, *spatial))
 
