@@ -220,16 +220,22 @@ def test_experiment_methods_writes_markdown_csv_and_png(cache, tmp_path, capsys,
     experiment.add_arguments(parser)
     out = tmp_path / "cmp"
     sets = [a for item in [*PHANTOM, f"data.cache_dir={cache}", "train.local_steps=1"] for a in ("--set", item)]
-    argv = ["--methods", "randconv", "dsbn", "--rounds", "1", "--quiet", "--out", str(out), *sets]
-    with interrupted_at("fed-dsbn"):  # the third arm
-        experiment.run(parser.parse_args(argv))
+    common = ["--rounds", "1", "--quiet", "--out", str(out), *sets]
+    argv = ["--methods", "randconv", "dsbn", *common]
+    assert experiment.run(parser.parse_args(["--methods", "dsbn", *common])) == 0  # the dsbn arms alone
+    kept = (out / "fed-dsbn" / "test_metrics.json").read_text()
+    with pytest.raises(ValueError, match="the config differs"):  # a finished arm's config, checked before training
+        experiment.run(parser.parse_args([*argv, "--resume", "--rounds", "2"]))
+    assert not (out / "fed-randconv").exists()
+    with interrupted_at("central-randconv"):  # the finished dsbn arms are read, then fed-randconv trains
+        experiment.run(parser.parse_args([*argv, "--resume"]))
     partial = (out / "comparison.md").read_text()  # the finished arms' table survives the interruption
-    assert "**Partial: 2 of 4 arms finished**; still to run: fed-dsbn, central-dsbn" in partial
-    assert "| randconv | federated |" in partial and "| randconv | centralized |" in partial
-    assert "| dsbn |" not in partial and len(list(csv.DictReader((out / "comparison.csv").open()))) == 2 * 2
-    kept = (out / "fed-randconv" / "test_metrics.json").read_text()
+    assert "**Partial: 3 of 4 arms finished**; still to run: central-randconv" in partial
+    assert "| randconv | federated |" in partial and "| dsbn | centralized |" in partial
+    assert "| randconv | centralized |" not in partial
+    assert len(list(csv.DictReader((out / "comparison.csv").open()))) == 3 * 2
     assert experiment.run(parser.parse_args([*argv, "--resume"])) == 0
-    assert (out / "fed-randconv" / "test_metrics.json").read_text() == kept
+    assert (out / "fed-dsbn" / "test_metrics.json").read_text() == kept
     printed = capsys.readouterr().out
     md = (out / "comparison.md").read_text()
     assert md in printed and "### test set mri-t1" in md and "| randconv | centralized |" in md

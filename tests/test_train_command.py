@@ -58,3 +58,8 @@ def test_experiment_runs_the_protocol_arms(tmp_path, capsys, interrupted_at):
     assert experiment.run(parse(experiment, argv)) == 0  # fedavg kept, fedgin started
     assert (tmp_path / "exp/fedavg/test_metrics.json").stat().st_mtime_ns == before
     assert "| fedgin - fedavg |" in capsys.readouterr().out
+    changed = [*sets(tmp_path), "--rounds", "2", "--out", str(tmp_path / "exp"), "--quiet", "--resume", "--arms",
+               "central", "fedavg"]
+    with pytest.raises(ValueError, match="the config differs"):  # fedavg's finished run, checked before training
+        experiment.run(parse(experiment, changed))
+    assert not (tmp_path / "exp/central").exists()

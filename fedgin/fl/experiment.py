@@ -15,7 +15,7 @@ from pathlib import Path
 from fedgin.config import RunConfig, validate
 from fedgin.fl.engine import RunResult, run
 from fedgin.fl.report import comparison_csv, comparison_rows, comparison_table, experiment_table
-from fedgin.fl.rundir import atomic_write
+from fedgin.fl.rundir import RunDir, atomic_write
 
 # arm: (fed.mode, aug.method)
 PROTOCOL = {"fedavg": ("federated", "none"), "fedgin": ("federated", "gin"), "central-gin": ("centralized", "gin")}
@@ -98,13 +98,25 @@ def run_experiment(cfg: RunConfig, out: str | Path, arms: list[str], *, resume: 
     """Run every arm into ``out/<arm>``; with ``resume``, finished arms are kept, an interrupted one continues and
     the rest start. Writes the table after each arm (an interrupted run leaves its finished arms') and returns it."""
     out = Path(out)
-    results = {}
-    for arm in arms:
-        started = (out / arm / "config.yaml").is_file()
-        results[arm] = run(arm_config(cfg, arm), out / arm, resume=resume and started, progress=progress).test
+    configs = {arm: arm_config(cfg, arm) for arm in arms}
+    done = {arm: r.test for arm, r in _finished_arms(configs, out, resume, progress).items()}
+    for arm, arm_cfg in configs.items():
+        if arm not in done:
+            started = (out / arm / "config.yaml").is_file()
+            done[arm] = run(arm_cfg, out / arm, resume=resume and started, progress=progress).test
+        results = {a: done[a] for a in arms if a in done}  # in the arms' order
         table = _partial_note(results, arms) + experiment_table(results, cfg.data.organs)
         atomic_write(out / "table.md", f"# {cfg.name}: test Dice (DSC) per organ\n\n{table}")
     return results, table
+
+
+def _finished_arms(configs: dict[str, RunConfig], out: Path, resume: bool, progress: bool) -> dict[str, RunResult]:
+    """With ``resume``, the arms of ``configs`` that finished under ``out`` already, each checked against its config
+    before anything trains, so a table written mid-way names them, and a changed config fails at once."""
+    if not resume:
+        return {}
+    return {arm: run(arm_cfg, out / arm, resume=True, progress=progress) for arm, arm_cfg in configs.items()
+            if RunDir(out / arm).finished}
 
 
 def _partial_note(results: dict, arms: list[str]) -> str:
@@ -122,15 +134,17 @@ def run_comparison(cfg: RunConfig, out: str | Path, methods: list[str], *, resum
     """Train every method federated and centralized into ``out/<arm>``; write ``comparison.md``,
     ``comparison.csv`` and ``comparison.png`` (and ``table.md``, the same markdown) after each arm, so an
     interrupted comparison leaves the table of its finished arms. Returns the rows and the markdown. ``resume``
-    keeps finished arms and continues an interrupted one."""
+    keeps finished arms (read first: the table names them all along) and continues an interrupted one."""
     out = Path(out)
     methods = method_names(methods)
     configs = {arm: arm_config(cfg, arm) for arm in comparison_arms(methods)}  # all checked before any training
-    results: dict[str, RunResult] = {}
+    results = _finished_arms(configs, out, resume, progress)
+    rows, table = _write_comparison(cfg, out, methods, results, list(configs)) if results else ([], "")
     for arm, arm_cfg in configs.items():
-        started = (out / arm / "config.yaml").is_file()
-        results[arm] = run(arm_cfg, out / arm, resume=resume and started, progress=progress)
-        rows, table = _write_comparison(cfg, out, methods, results, list(configs))
+        if arm not in results:
+            started = (out / arm / "config.yaml").is_file()
+            results[arm] = run(arm_cfg, out / arm, resume=resume and started, progress=progress)
+            rows, table = _write_comparison(cfg, out, methods, results, list(configs))
     return rows, table
 
 
