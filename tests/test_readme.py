@@ -1,4 +1,6 @@
-"""The README's Python examples run as written, and its two commands are what CI runs."""
+"""The README's Python examples run as written, its two commands are what CI runs, and its result tables are the
+committed results' figures."""
+import csv
 import re
 from pathlib import Path
 
@@ -21,3 +23,69 @@ def test_ci_runs_the_readme_test_command():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     command = "bash scripts/setup.sh && .venv/bin/python -m pytest -q"
     assert command in README and command in ci
+
+
+def _block(name: str) -> list[list[str]]:
+    """Rows of the README table between `<!-- name -->` and `<!-- /name -->`, header and rule dropped."""
+    text = README.split(f"<!-- {name} -->\n")[1].split(f"<!-- /{name} -->")[0]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in text.strip().splitlines()[2:]]
+
+
+def _results(folder: str) -> dict[tuple[str, str, str], dict[str, float]]:
+    """comparison.csv of docs/comparison/<folder>, keyed by (test set, method, setting)."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "comparison" / folder / "comparison.csv"
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["dice/mean"]]
+    numbers = ("dice", "pct", "aug", "step")
+    return {(r["test_set"], r["method"], r["setting"]): {k: float(v) for k, v in r.items() if k.startswith(numbers)}
+            for r in rows}
+
+
+def test_readme_96px_comparison_is_the_committed_table():
+    """Every figure of the README's 96-px comparison is the committed comparison.csv's, as rounded there."""
+    results = _results("paper-96px")
+    rows = _block("comparison-96px")
+    assert len(rows) == 9
+    for row in rows:
+        method = row[0].split(" ")[0]
+        fed, central = (results[("mri-t2", method, s)] for s in ("federated", "centralized"))
+        ct_fed, ct_central = (results[("ct", method, s)] for s in ("federated", "centralized"))
+        expected = [f"{fed['dice/mean']:.3f}", f"{fed['dice/pancreas']:.3f}", f"{fed['dice/gallbladder']:.3f}",
+                    f"{central['dice/mean']:.3f}", f"{fed['pct_of_centralized']:.1f}", f"{ct_fed['dice/mean']:.3f}",
+                    f"{ct_central['dice/mean']:.3f}", f"{central['aug_ms']:.1f}", f"{central['step_ms']:.0f}"]
+        assert row[1:] == expected, method
+
+
+def test_readme_192px_progress_is_the_committed_table():
+    """The README's 192-px figures are the committed arms' (CT mean / MRI mean / MRI pancreas / MRI gallbladder);
+    a figure marked † is exactly one whose arm is not in the folder yet."""
+    results = _results("paper-192px")
+    rows = _block("comparison-192px-progress")
+    assert len(rows) == 9
+    for row in rows:
+        method = row[0].split(" ")[0]
+        for setting, cell in zip(("federated", "centralized"), row[1:3], strict=True):
+            arm = f"{method} {setting}"
+            if ("mri-t2", method, setting) not in results:
+                assert cell.endswith(" †"), arm
+                continue
+            ct, mri = results[("ct", method, setting)], results[("mri-t2", method, setting)]
+            figures = (ct["dice/mean"], mri["dice/mean"], mri["dice/pancreas"], mri["dice/gallbladder"])
+            assert cell == " / ".join(f"{v:.3f}" for v in figures), arm
+        if ("mri-t2", method, "centralized") in results and ("mri-t2", method, "federated") in results:
+            assert row[3] == f"{results[('mri-t2', method, 'federated')]['pct_of_centralized']:.1f}", method
+
+
+def test_readme_paper_protocol_is_the_committed_table():
+    """The README's FedAvg / FedGIN / centralized GIN rows are docs/paper-protocol/<px>px/table.md's."""
+    names = {"FedAvg": "fedavg", "FedGIN": "fedgin", "centralized GIN": "central-gin",
+             "FedGIN % of centralized GIN": "fedgin / central-gin (%)"}
+    rows = _block("paper-protocol")
+    assert len(rows) == 12
+    for row in rows:
+        label, px, *figures = (cell.strip("*") for cell in row)
+        table = (Path(__file__).resolve().parents[1] / "docs" / "paper-protocol" / f"{px}px" / "table.md").read_text()
+        committed = {cells[0]: cells[1:] for cells in
+                     ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[4:])}
+        ct_mean, mri = committed[names[label]][6], committed[names[label]][7:]
+        assert figures == [ct_mean, mri[6], mri[4], mri[5]], (label, px)
