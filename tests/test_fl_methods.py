@@ -18,7 +18,7 @@ from fedgin.commands.train import config_from_args
 from fedgin.config import MODALITIES, dump, load_config, recipe
 from fedgin.fl import engine
 from fedgin.fl.client import Client, get_weights
-from fedgin.fl.experiment import METHODS, arm_config, method_config, method_names
+from fedgin.fl.experiment import METHODS, arm_config, augmentation_cost, method_config, method_names
 from fedgin.train.data import Case
 from fedgin.train.model import ReconstructionBranch, make_model
 
@@ -281,3 +281,15 @@ def test_committed_192px_arms_are_kept_by_the_documented_command():
     for arm in arms:
         assert (arm / "config.yaml").read_text() == dump(arm_config(cfg, arm.name)), arm.name
         assert {"metrics.csv", "metrics.jsonl", "table.md"} <= {p.name for p in arm.iterdir()}, arm.name
+
+
+def test_augmentation_cost_is_the_median_over_rounds_and_trainers():
+    """One round slowed by other work on the machine (a 3.5 s step) does not move the reported cost."""
+    history = [{"train/ct/step_time": t, "train/ct/gin_share": 0.25, "train/mri/step_time": t + 0.01,
+                "train/mri/gin_share": 0.25, "val/score": 0.5, "time_s": 20.0} for t in (0.12, 0.13, 0.14)]
+    history.append({"train/ct/step_time": 3.5, "train/ct/gin_share": 0.25, "train/mri/step_time": 3.5,
+                    "train/mri/gin_share": 0.25, "time_s": 400.0})
+    cost = augmentation_cost(history)
+    assert cost["step_ms"] == pytest.approx(140.0) and cost["aug_ms"] == pytest.approx(35.0)
+    assert cost["train_s"] == pytest.approx(460.0)
+    assert all(math.isnan(v) for k, v in augmentation_cost([{"time_s": 1.0}]).items() if k != "train_s")

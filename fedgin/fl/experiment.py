@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import statistics
 from pathlib import Path
 
 from fedgin.config import RunConfig, validate
@@ -170,7 +171,8 @@ def _write_comparison(cfg: RunConfig, out: Path, methods: list[str], results: di
 
 
 def augmentation_cost(history: list[dict]) -> dict[str, float]:
-    """From a run's history: mean augmentation ms per batch and step ms (over rounds and trainers), train seconds."""
+    """From a run's history: median augmentation ms per batch and step ms (over rounds and trainers: a round slowed
+    by other work on the machine does not move it), and the summed train seconds."""
     aug, step = [], []
     for row in history:
         for key, value in row.items():
@@ -178,9 +180,9 @@ def augmentation_cost(history: list[dict]) -> dict[str, float]:
                 share = row.get(key.removesuffix("step_time") + "gin_share", math.nan)
                 step.append(value)
                 aug.append(value * share)
-    return {"aug_ms": 1000 * _mean(aug), "step_ms": 1000 * _mean(step),
+    return {"aug_ms": 1000 * _median(aug), "step_ms": 1000 * _median(step),
             "train_s": sum(row.get("time_s", 0.0) for row in history)}
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
