@@ -74,7 +74,7 @@ def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, 
 
 def comparison_plot(rows: list[dict], path, title: str = "") -> None:
     """Per test set, mean DSC of every method federated (bars) and centralized (markers); last panel, the
-    augmentation cost per batch (federated arm)."""
+    augmentation cost per batch of both arms ("0" where a method augments nothing)."""
     sets = list(dict.fromkeys(r["test_set"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     x = np.arange(len(methods))
@@ -84,13 +84,22 @@ def comparison_plot(rows: list[dict], path, title: str = "") -> None:
         ax.bar(x, [value.get((m, "federated"), np.nan) for m in methods], 0.6, label="federated")
         ax.plot(x, [value.get((m, "centralized"), np.nan) for m in methods], "k_", ms=18, mew=2,
                 label="centralized")
-        ax.set(title=f"test {test_set}: mean DSC", ylim=(0, 1))
+        ax.set(title=f"test {test_set}: mean DSC", ylim=(0, 1.12))
         ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=8)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", ncol=2)
     ax = axes[0][-1]
-    cost = {r["method"]: r["aug_ms"] for r in rows if r["setting"] == "federated"}
-    ax.bar(x, [max(cost.get(m, np.nan), 1e-3) for m in methods], 0.6, color="C1")
-    ax.set(title="augmentation per batch (federated)", ylabel="ms", yscale="log")
+    cost = {(r["method"], r["setting"]): r["aug_ms"] for r in rows}
+    for i, setting in enumerate(("federated", "centralized")):
+        ms = np.array([cost.get((m, setting), np.nan) for m in methods], dtype=float)
+        ax.bar(x + (i - 0.5) * 0.4, np.where(ms > 0, ms, np.nan), 0.4, color=f"C{i + 1}", label=setting)
+        for xi in x[ms == 0]:
+            ax.text(xi + (i - 0.5) * 0.4, 0.01, "0", transform=ax.get_xaxis_transform(), ha="center", fontsize=8)
+    positive = [v for v in cost.values() if v > 0]
+    if positive:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=min(positive) / 3)
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set(title="augmentation per batch", ylabel="ms")
     ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=8)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
