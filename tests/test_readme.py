@@ -25,10 +25,14 @@ def test_ci_runs_the_readme_test_command():
     assert command in README and command in ci
 
 
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
 def _block(name: str) -> list[list[str]]:
     """Rows of the README table between `<!-- name -->` and `<!-- /name -->`, header and rule dropped."""
     text = README.split(f"<!-- {name} -->\n")[1].split(f"<!-- /{name} -->")[0]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in text.strip().splitlines()[2:]]
+    return [_cells(line) for line in text.strip().splitlines()[2:]]
 
 
 def _results(folder: str) -> dict[tuple[str, str, str], dict[str, float]]:
@@ -85,7 +89,6 @@ def test_readme_paper_protocol_is_the_committed_table():
     for row in rows:
         label, px, *figures = (cell.strip("*") for cell in row)
         table = (Path(__file__).resolve().parents[1] / "docs" / "paper-protocol" / f"{px}px" / "table.md").read_text()
-        committed = {cells[0]: cells[1:] for cells in
-                     ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[4:])}
+        committed = {cells[0]: cells[1:] for cells in map(_cells, table.splitlines()[4:])}
         ct_mean, mri = committed[names[label]][6], committed[names[label]][7:]
         assert figures == [ct_mean, mri[6], mri[4], mri[5]], (label, px)
