@@ -39,7 +39,7 @@ def _results(folder: str) -> dict[tuple[str, str, str], dict[str, float]]:
     """comparison.csv of docs/comparison/<folder>, keyed by (test set, method, setting)."""
     path = Path(__file__).resolve().parents[1] / "docs" / "comparison" / folder / "comparison.csv"
     with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if r["dice/mean"]]
+        rows = list(csv.DictReader(f))
     numbers = ("dice", "pct", "aug", "step")
     return {(r["test_set"], r["method"], r["setting"]): {k: float(v) for k, v in r.items() if k.startswith(numbers)}
             for r in rows}
