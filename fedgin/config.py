@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ class SiteConfig:
     name: str
     modality: str
     data_dir: str | None = None
-    cases: int = 8  # phantom cases to generate; for a data_dir, 0 means all, n the first n
+    cases: int = 8  # phantom cases to generate; for a data_dir, 0 means all, n the first n (with a warning)
     val_cases: int = 1  # cases held out for validation (per patient)
     seed: int = 0  # phantom seed
     label_map: dict[int, str] | None = None  # data set label id -> organ name or "background"
@@ -42,7 +43,7 @@ class TestSetConfig:
     modality: str
     name: str | None = None  # table column group; default: the modality
     data_dir: str | None = None
-    cases: int = 4
+    cases: int = 4  # as SiteConfig.cases
     seed: int = 1000
     label_map: dict[int, str] | None = None
 
@@ -205,7 +206,7 @@ PRESETS: dict[str, dict] = {
         "model": {"channels": [32, 64, 128, 256], "strides": [2, 2, 2], "num_res_units": 0},
         "train": {"loss": "dice_focal", "optimizer": "adamw", "lr": 5e-4, "batch_size": 8, "local_epochs": 1},
         "fed": {"rounds": 100, "weighting": "samples"},
-        "aug": {"gin": {"per_sample": False}},
+        "aug": {"method": "gin", "gin": {"per_sample": False}},
     },
     # The original GIN training: 3-channel GIN, three views, supervised loss on the first, KL consistency (x10).
     "gin-original": {
@@ -217,10 +218,11 @@ PRESETS: dict[str, dict] = {
 
 
 def deep_merge(base: dict, over: dict) -> dict:
-    """``over`` merged into a copy of ``base`` (dicts recursively; lists and scalars replaced)."""
+    """``over`` merged into a copy of ``base`` (dicts recursively, but a ``label_map`` whole; lists and scalars
+    replaced)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("gin", "label_map"):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "label_map":
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -336,11 +338,11 @@ def _convert(hint, value, key: str, source: str):
         return int(value)
     if hint is float:
         try:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise TypeError
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{source}: {key} must be a number, got {value!r}") from None
+            raise ValueError(f"{source}: {key} must be a finite number, got {value!r}") from None
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"{source}: {key} must be a string, got {value!r}")
@@ -366,6 +368,13 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         raise err("data.sites", f"site names must be unique, got {names}")
     if not d.organs:
         raise err("data.organs", "no organs")
+    keys = [organ_key(o) for o in d.organs]
+    if len(set(keys)) != len(keys):
+        raise err("data.organs", f"organs must be unique, got {d.organs}")
+    if any(src.data_dir is None for src in (*d.sites, *d.test)):
+        unknown = [o for o in d.organs if organ_key(o) not in {organ_key(k) for k in ORGANS}]
+        if unknown:
+            raise err("data.organs", f"the phantom has no {unknown}; its organs are {list(ORGANS)}")
     for i, s in enumerate(d.sites):
         _check_source(s, f"data.sites[{i}] ({s.name})", err, d.organs)
         if s.val_cases < 0:
@@ -388,11 +397,17 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     m = cfg.model
     if len(m.channels) < 2 or len(m.strides) != len(m.channels) - 1:
         raise err("model.strides", f"needs len(channels) - 1 = {len(m.channels) - 1} entries, got {m.strides}")
-    if 2 ** len(m.strides) > d.size:
-        raise err("model.strides", f"{len(m.strides)} downsamplings do not fit data.size {d.size}")
+    if any(s < 1 for s in m.strides):
+        raise err("model.strides", f"must be >= 1, got {m.strides}")
+    for key in ("size", "depth") if d.dims == "3d" else ("size",):
+        if getattr(d, key) % math.prod(m.strides):
+            raise err(f"data.{key}", f"{getattr(d, key)} must be a multiple of {math.prod(m.strides)}, the product "
+                                     f"of model.strides {m.strides}, for the UNet's skip connections")
+    if not 0 <= m.dropout < 1:
+        raise err("model.dropout", f"must be in [0, 1), got {m.dropout}")
     t = cfg.train
-    if t.lr <= 0 or t.batch_size < 1 or t.local_epochs < 0 or t.local_steps < 0:
-        raise err("train", "lr, batch_size must be > 0; local_epochs, local_steps >= 0")
+    if t.lr <= 0 or t.batch_size < 1 or t.local_epochs < 0 or t.local_steps < 0 or t.weight_decay < 0:
+        raise err("train", "lr, batch_size must be > 0; local_epochs, local_steps, weight_decay >= 0")
     if t.local_epochs == 0 and t.local_steps == 0:
         raise err("train.local_epochs", "either local_epochs or local_steps must be > 0")
     f = cfg.fed
@@ -497,6 +512,8 @@ def _check_source(src, key: str, err, organs: list[str]) -> None:
         raise err(f"{key}.cases", "must be >= 0 (0: all cases)")
     known = {organ_key(o) for o in organs}
     for lid, organ in (src.label_map or {}).items():
+        if lid < 0:
+            raise err(f"{key}.label_map.{lid}", "label ids are >= 0")
         if organ_key(organ) != "background" and organ_key(organ) not in known:
             raise err(f"{key}.label_map.{lid}", f"{organ!r} is not in data.organs {organs} (or 'background')")
 

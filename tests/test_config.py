@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from fedgin.config import PRESETS, RunConfig, build, dump, load_config, parse_override
+from fedgin.config import PRESETS, RunConfig, build, deep_merge, dump, load_config, parse_override
 
 
 def test_defaults_are_the_papers_scenario():
@@ -26,7 +26,7 @@ def test_fedgin_paper_preset_matches_the_released_code():
     assert (cfg.fed.rounds, cfg.train.local_epochs, cfg.fed.weighting) == (100, 1, "samples")
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.loss) == ("adamw", 5e-4, 8, "dice_focal")
     assert cfg.model.channels == [32, 64, 128, 256]
-    assert cfg.aug.gin == {"per_sample": False} and cfg.data.channels == 1
+    assert (cfg.aug.method, cfg.aug.gin, cfg.data.channels) == ("gin", {"per_sample": False}, 1)
 
 
 def test_gin_original_preset():
@@ -53,6 +53,14 @@ def test_yaml_file_preset_key_and_overrides(tmp_path):
     ("data:\n  sites:\n    - {name: a, modality: ct, cases: 1, val_cases: 1}\n", "no training cases"),
     ("data:\n  sites:\n    - {name: a, modality: ct, label_map: {1: heart}}\n", "label_map.1"),
     ("fed:\n  mode: gossip\n", "fed.mode"),
+    ("train:\n  lr: .nan\n", "train.lr must be a finite number"),
+    ("data:\n  ct_window: [-.inf, 300]\n", "data.ct_window[0] must be a finite number"),
+    ("model:\n  dropout: 1.5\n", "model.dropout"),
+    ("train:\n  weight_decay: -1\n", "weight_decay >= 0"),
+    ("data:\n  organs: [livr, spleen]\n", "the phantom has no ['livr']"),
+    ("data:\n  organs: [liver, Liver]\n", "organs must be unique"),
+    ("data:\n  size: 20\n", "data.size: 20 must be a multiple of 8"),
+    ("data:\n  dims: 3d\n  size: 32\n  depth: 6\n", "data.depth: 6 must be a multiple of 8"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
@@ -67,6 +75,14 @@ def test_missing_file_and_unknown_preset(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ValueError, match="unknown preset"):
         load_config(preset="fedgin-papr")
+
+
+def test_an_override_inside_aug_gin_keeps_the_presets_other_gin_options():
+    cfg = load_config(preset="fedgin-paper", overrides=["aug.gin.n_layers=3"])
+    assert cfg.aug.gin == {"per_sample": False, "n_layers": 3}
+    # a label map is replaced whole: a merged one would keep ids the new map dropped
+    maps = deep_merge({"label_map": {1: "liver", 2: "spleen"}}, {"label_map": {1: "liver"}})
+    assert maps == {"label_map": {1: "liver"}}
 
 
 def test_parse_override():
