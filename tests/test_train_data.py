@@ -1,5 +1,6 @@
 """Loading a site: MSD layout, intensity normalization per modality, label maps, and the bad-input errors."""
 import json
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -71,6 +72,16 @@ def test_training_tensors_2d_slices_and_3d_volumes(tmp_path):
     assert x.shape == (2, 1, 8, 8, 2) and y.shape == (2, 1, 8, 8, 2)
 
 
+def test_a_case_limit_below_the_data_set_warns(tmp_path):
+    rng = np.random.default_rng(4)
+    root = write_msd(tmp_path / "ds", *zip(*(volume(rng) for _ in range(3)), strict=True))
+    with pytest.warns(UserWarning, match="training on the first 2 of its 3 cases"):
+        assert [c["name"] for c in list_cases(root, 2)] == ["case_000", "case_001"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list_cases(root, 3)) == len(list_cases(root)) == 3
+
+
 def test_split_keeps_patients_whole():
     train, val = split(list("abcd"), 1, "site x")
     assert (train, val) == (list("abc"), ["d"])
@@ -101,3 +112,32 @@ def test_bad_input_errors_name_the_file(tmp_path):
     root = write_msd(tmp_path / "outside", [img], [lab9])
     with pytest.raises(ValueError, match=r"labelsTr/case_000.nii.gz: label values \[9\] are not in"):
         load_source(SiteConfig("a", "ct", data_dir=str(root)), data_cfg())
+
+
+def test_unreadable_files_and_bad_values_are_errors_naming_the_file(tmp_path):
+    rng = np.random.default_rng(3)
+    img, lab = volume(rng)
+    site = lambda root: SiteConfig("a", "ct", data_dir=str(root))  # noqa: E731
+    root = write_msd(tmp_path / "text", [img], [lab])
+    (root / "imagesTr/case_000.nii.gz").write_text("not an image")
+    with pytest.raises(ValueError, match="imagesTr/case_000.nii.gz is not a readable NIfTI image"):
+        list_cases(root)
+    root = write_msd(tmp_path / "truncated", [img], [lab])  # the header reads, the voxels do not
+    path = root / "imagesTr/case_000.nii.gz"
+    path.write_bytes(path.read_bytes()[:-200])
+    list_cases(root)
+    with pytest.raises(ValueError, match="imagesTr/case_000.nii.gz is not a readable NIfTI image"):
+        load_source(site(root), data_cfg())
+    labf = lab.astype(np.float32)
+    for name, image, label, needle in [
+        ("nan", np.where(lab == 1, np.nan, img), lab, "imagesTr/case_000.nii.gz: the image has non-finite values"),
+        ("inf", np.where(lab == 2, np.inf, img), lab, "imagesTr/case_000.nii.gz: the image has non-finite values"),
+        ("nanlabel", img, np.where(lab == 1, np.nan, labf), "labelsTr/case_000.nii.gz: the label has non-finite"),
+        ("negative", img, np.where(lab == 1, -1.0, labf), r"labelsTr/case_000.nii.gz: negative label values \[-1\]"),
+    ]:
+        root = tmp_path / name
+        write_msd(root, [img], [lab])
+        nib.save(nib.Nifti1Image(np.asarray(image, np.float32), np.eye(4)), root / "imagesTr/case_000.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(label, np.float32), np.eye(4)), root / "labelsTr/case_000.nii.gz")
+        with pytest.raises(ValueError, match=needle):
+            load_source(site(root), data_cfg())

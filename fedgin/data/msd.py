@@ -11,7 +11,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 IMAGES_DIR, LABELS_DIR, DATASET_JSON = "imagesTr", "labelsTr", "dataset.json"
-_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 
 
 def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None = None) -> None:
@@ -44,10 +44,15 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
         if not isinstance(img, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and their pairs
             raise ValueError(f"a {type(img).__name__}, not a NIfTI image")
         data = np.asarray(img.dataobj)
-    except _READ_ERRORS as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise ValueError(f"{path} is not a readable NIfTI image: {reason}") from None
+    except READ_ERRORS as err:
+        raise unreadable(path, err) from None
     return data, img.affine, img.header
+
+
+def unreadable(path: str | Path, err: Exception) -> ValueError:
+    """The one-line error for a file that cannot be read as a NIfTI image, with the reader's reason."""
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return ValueError(f"{path} is not a readable NIfTI image: {reason}")
 
 
 def msd_dataset_json(name: str, modality: str, labels: dict[int, str], files: list[str], **extra) -> dict:

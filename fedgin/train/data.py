@@ -1,16 +1,16 @@
 """Loading a site's data: MSD layout -> MONAI pipeline -> cached volumes with fedgin's organ labels."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import CacheDataset
 from monai.transforms import (
     Compose,
-    LoadImaged,
+    LoadImage,
     Orientationd,
     Resized,
     ScaleIntensityRanged,
@@ -18,10 +18,11 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from fedgin.config import DataConfig, SiteConfig, TestSetConfig, organ_key
 from fedgin.data import phantom
-from fedgin.data.msd import load_dataset_json, read_dataset
+from fedgin.data.msd import READ_ERRORS, load_dataset_json, read_dataset, unreadable
 from fedgin.data.phantom import MIN_DEPTH, MIN_SIZE, write_dataset
 
 
@@ -47,12 +48,15 @@ def phantom_dir(data: DataConfig, modality: str, cases: int, seed: int) -> Path:
 def list_cases(root: str | Path, limit: int = 0) -> list[dict]:
     """The training cases of an MSD data set (``image``, ``label``, ``name``), first ``limit`` (0: all).
 
-    Files must exist and each label must have its image's shape; errors name the file.
+    Files must exist and be NIfTI images, and each label must have its image's shape; errors name the file.
     """
     items = read_dataset(root)
-    items = items[:limit] if limit else items
+    if 0 < limit < len(items):
+        warnings.warn(f"{root}: training on the first {limit} of its {len(items)} cases (the config's cases: "
+                      f"{limit}); cases: 0 takes all", stacklevel=2)
+        items = items[:limit]
     for item in items:
-        shape_i, shape_l = nib.load(item["image"]).shape[:3], nib.load(item["label"]).shape[:3]
+        shape_i, shape_l = (_read(nib.load, item[key]).shape[:3] for key in ("image", "label"))
         if shape_i != shape_l:
             raise ValueError(f"{item['label']}: label shape {shape_l} differs from image shape {shape_i}")
         item["name"] = Path(item["image"]).name.split(".")[0]
@@ -94,16 +98,18 @@ def load_source(src: SiteConfig | TestSetConfig, data: DataConfig, *, progress: 
     label_map = src.label_map if src.label_map is not None else default_label_map(root, data.organs)
     lut = label_lut(label_map, data.organs)
     depth = data.depth if data.dims == "3d" else -1
-    load = Compose([
-        LoadImaged(("image", "label"), reader="NibabelReader", ensure_channel_first=True, image_only=True),
-        Orientationd(("image", "label"), axcodes="RAS", labels=None),
-    ])
+    read = LoadImage(reader="NibabelReader", ensure_channel_first=True, image_only=True)
+    orient = Orientationd(("image", "label"), axcodes="RAS", labels=None)
     prepare = Compose([
         intensity_transform(src.modality, data),
         Resized(("image", "label"), spatial_size=(data.size, data.size, depth), mode=("area", "nearest")),
     ])
     cases = []
-    for item, loaded in zip(items, CacheDataset(items, load, progress=progress, num_workers=0), strict=True):
+    for item in tqdm(items, desc=f"load {src.name or src.modality}", disable=not progress, leave=False):
+        loaded = {key: _read(read, item[key]) for key in ("image", "label")}
+        if not torch.isfinite(loaded["image"]).all():
+            raise ValueError(f"{item['image']}: the image has non-finite values (NaN or Inf)")
+        loaded = orient(loaded)
         loaded["label"] = _relabel(loaded["label"], lut, item["label"])  # on the raw label, before resizing
         out = prepare(loaded)
         image = convert_to_tensor(out["image"], dtype=torch.float32, track_meta=False).contiguous()
@@ -112,9 +118,22 @@ def load_source(src: SiteConfig | TestSetConfig, data: DataConfig, *, progress: 
     return cases
 
 
+def _read(reader, path: str):
+    """``reader(path)``, with any failure to read the file a one-line ``ValueError`` naming it."""
+    try:
+        return reader(path)
+    except (*READ_ERRORS, RuntimeError) as err:  # MONAI's reader raises RuntimeError too
+        raise unreadable(path, err) from None
+
+
 def _relabel(label, lut: dict[int, int], path: str) -> Tensor:
-    arr = np.rint(convert_to_tensor(label, track_meta=False).numpy()).astype(np.int64)
+    values = convert_to_tensor(label, track_meta=False).numpy()
+    if not np.isfinite(values).all():
+        raise ValueError(f"{path}: the label has non-finite values (NaN or Inf)")
+    arr = np.rint(values).astype(np.int64)
     found = np.unique(arr)
+    if found[0] < 0:
+        raise ValueError(f"{path}: negative label values {found[found < 0].tolist()}; labels are organ ids >= 0")
     unknown = sorted(set(found.tolist()) - set(lut))
     if unknown:
         raise ValueError(f"{path}: label values {unknown} are not in the site's label map {sorted(lut)}")
