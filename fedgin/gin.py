@@ -103,7 +103,8 @@ def warm_up(x: Tensor, backend: str = "auto", **config) -> int:
     sizes 1 and 3 over 4 layers has 16 tuples; on an H200, timing ``fedgin.augment``'s gin while it still drew new
     tuples gave 886 ms a call for 64x3x256², against 0.28 ms for the kernel): call this once before timing or
     training. Triton also caches the compiled kernels on disk, so
-    a later process loads them. ``config``: :func:`gin`'s.
+    a later process loads them. ``config``: :func:`gin`'s. The draws use a generator of their own, so the global
+    random state, and a seeded run after this call, are unchanged.
     """
     _check_batch(x)
     config.setdefault("in_channels", x.shape[1])
@@ -111,8 +112,10 @@ def warm_up(x: Tensor, backend: str = "auto", **config) -> int:
     cfg = make_config(**config)
     tuples = ([cfg.layer_kernel_sizes] if cfg.layer_kernel_sizes is not None
               else list(itertools.product(cfg.kernel_sizes, repeat=cfg.n_layers)))
+    generator = torch.Generator().manual_seed(0)
     for ks in tuples:
-        params = GINParams.draw_config(x.shape[0], replace(cfg, layer_kernel_sizes=ks), device=x.device)
+        params = GINParams.draw_config(x.shape[0], replace(cfg, layer_kernel_sizes=ks), device=x.device,
+                                       generator=generator)
         gin_apply(x, params, backend)
     return len(tuples)
 

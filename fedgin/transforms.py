@@ -62,7 +62,8 @@ class RandGIN(RandomizableTransform):
         x = self._channels(img, tensor=True)
         cfg = make_config(in_channels=x.shape[0], spatial_dims=x.dim() - 1, **self.config)
         params = GINParams.draw_config(1, cfg, device=x.device, generator=torch.Generator().manual_seed(self._seed))
-        return convert_to_dst_type(gin_apply(x[None], params, self.gin_backend)[0], dst=img)[0]
+        out = gin_apply(x[None], params, self.gin_backend, check_finite=False)  # _channels checked it
+        return convert_to_dst_type(out[0], dst=img)[0]
 
     def replicate(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """``img`` with ``replicate_to`` channels (itself when there is nothing to replicate), of ``img``'s type."""
@@ -80,10 +81,18 @@ class RandGIN(RandomizableTransform):
         return GIN(self.gin_backend, in_channels=channels, spatial_dims=spatial_dims, **self.config)
 
     def _channels(self, img: NdarrayOrTensor, tensor: bool) -> NdarrayOrTensor:
-        """``img`` with ``replicate_to`` channels: a plain tensor if ``tensor`` or replicated, else ``img`` itself."""
+        """``img`` with ``replicate_to`` channels: a plain tensor if ``tensor`` or replicated, else ``img`` itself.
+
+        The image is checked on every call, whether GIN fires or not, so bad input never fails only at random.
+        """
         shape = tuple(img.shape)
         if len(shape) not in (3, 4):
             raise ValueError(f"RandGIN takes one channel-first image [C, H, W] or [C, D, H, W], got shape {shape}")
+        values = convert_to_tensor(img, track_meta=False)  # a view of an array or tensor, not a copy
+        if not values.is_floating_point():
+            raise TypeError(f"RandGIN input must be floating point (float32, float16 or bfloat16), got {img.dtype}")
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError("RandGIN input contains non-finite values (NaN or Inf)")
         n = self.replicate_to
         if n is None or shape[0] == n:
             return convert_to_tensor(img, track_meta=False) if tensor else img

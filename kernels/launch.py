@@ -15,8 +15,9 @@ The partial norms are per tile and reduced in a fixed order: the result is deter
 One launch (``Plan.finish``, float32 and bfloat16 output): the stream kernel stores the unscaled mix, then the
 last program of each sample to finish (elected by a per-sample atomic counter) reads the sample back, while it
 is still in L2, and rescales it in place. It trades the scale pass's launch and its trip through device
-memory for one program's serial rescale of a whole sample, so it suits samples small against the L2; off by
-default until a GPU measures it (``bench/NOTES.md``, v1.4).
+memory for one program's serial rescale of a whole sample, so it suits samples small against the L2. Off by
+default: the first H200 run measured it slower than the two launches (``bench/NOTES.md``, v1.4 and "The first GPU
+run").
 
 GIN-IPA (:func:`gin_ipa_fused`): the three draws' stack runs in one stream launch when they share kernel sizes
 (else one per distinct kernel-size tuple), then one pass renormalizes and blends them into the three views.

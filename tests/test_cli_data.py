@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fedgin import cli
-from fedgin.data.msd import load_nifti, read_dataset
+from fedgin.data.msd import load_nifti, read_dataset, save_nifti
 from fedgin.params import GINParams
 from fedgin.reference import reference_apply
 
@@ -84,6 +84,25 @@ def test_augment_bad_input_exits_2_and_leaves_nothing(tmp_path, capsys):
     assert cli.main(["augment", str(tmp_path / "missing.nii.gz"), str(out)]) == 2
     assert "missing.nii.gz" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize("array, flags, needle", [
+    (np.where(np.eye(6, 7) > 0, np.nan, 1.0), [], "image contains non-finite values"),
+    (np.full((6, 7, 4), np.inf), [], "image contains non-finite values"),
+    (np.ones((6, 7, 4, 2)), [], "expected a one-channel 2D or 3D image, got shape (6, 7, 4, 2)"),
+    (np.ones(7), [], "expected a one-channel 2D or 3D image, got shape (7,)"),
+    (np.full((6, 7), 3.0), [], "--normalize minmax: the image is constant"),
+    (np.full((6, 7), 3.0), ["--normalize", "zscore"], "--normalize zscore: the image is constant"),
+    (np.arange(42.0).reshape(6, 7), ["--n", "0"], "--n must be >= 1, got 0"),
+])
+def test_augment_bad_image_or_option_exits_2_naming_it(tmp_path, capsys, array, flags, needle):
+    path = tmp_path / "image.nii.gz"
+    save_nifti(path, array.astype(np.float32), np.eye(4))
+    out = tmp_path / "out"
+    assert cli.main(["augment", str(path), str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_augment_does_not_overwrite_samples_unless_asked(tmp_path, ct_slice):

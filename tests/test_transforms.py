@@ -156,6 +156,9 @@ def test_bad_options_fail_at_construction(cls, kwargs, error, match):
     (np.ones((1, 5, 6), np.int16), TypeError, "floating point"),
     (np.full((1, 5, 6), np.nan, np.float32), ValueError, "non-finite"),
 ])
-def test_bad_images(img, error, match):
+@pytest.mark.parametrize("prob", [1.0, 0.0])
+def test_bad_images_fail_whether_or_not_gin_fires(img, error, match, prob):
     with pytest.raises(error, match=match):
-        RandGIN(prob=1.0)(img)
+        RandGIN(prob=prob)(img)
+    with pytest.raises(error, match=match):
+        RandGINd(keys="image", prob=prob)({"image": img})
