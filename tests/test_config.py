@@ -52,6 +52,7 @@ def test_yaml_file_preset_key_and_overrides(tmp_path):
     ("aug:\n  gin: {in_channels: 3}\n", "aug.gin.in_channels"),
     ("data:\n  sites:\n    - {name: a, modality: ct, cases: 1, val_cases: 1}\n", "no training cases"),
     ("data:\n  sites:\n    - {name: a, modality: ct, label_map: {1: heart}}\n", "label_map.1"),
+    ("data:\n  sites:\n    - {name: a, modality: ct, label_map: {-1: liver}}\n", "label_map.-1: label ids are >= 0"),
     ("fed:\n  mode: gossip\n", "fed.mode"),
     ("train:\n  lr: .nan\n", "train.lr must be a finite number"),
     ("data:\n  ct_window: [-.inf, 300]\n", "data.ct_window[0] must be a finite number"),
