@@ -136,8 +136,6 @@ def make_config(**config) -> GINConfig:
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"unknown GIN option(s) {unknown}; known: {sorted(known)}")
-    if "kernel_sizes" in config and isinstance(config["kernel_sizes"], int):
-        config["kernel_sizes"] = (config["kernel_sizes"],)
     return GINConfig(**config)
 
 

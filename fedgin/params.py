@@ -15,7 +15,7 @@ class GINConfig:
     out_channels: int | None = None
     interm_channels: int = 2
     n_layers: int = 4
-    kernel_sizes: tuple[int, ...] = (1, 3)
+    kernel_sizes: tuple[int, ...] = (1, 3)  # the pool each layer draws from (one int: that size)
     spatial_dims: int = 2
     per_sample: bool = True
     slope: float = 0.01
@@ -32,6 +32,8 @@ class GINConfig:
             object.__setattr__(self, name, int(value))
             if name != "n_layers" and value < 1:
                 raise ValueError(f"GIN {name} must be >= 1, got {value}")
+        if isinstance(self.kernel_sizes, int):  # one size for every layer
+            object.__setattr__(self, "kernel_sizes", (self.kernel_sizes,))
         if any(isinstance(k, bool) or int(k) != k for k in self.kernel_sizes):
             raise ValueError(f"GIN kernel sizes must be odd positive integers, got {self.kernel_sizes}")
         object.__setattr__(self, "kernel_sizes", tuple(int(k) for k in self.kernel_sizes))
@@ -92,7 +94,7 @@ class GINParams:
         out_channels: int | None = None,
         interm_channels: int = 2,
         n_layers: int = 4,
-        kernel_sizes: tuple[int, ...] = (1, 3),
+        kernel_sizes: int | tuple[int, ...] = (1, 3),
         spatial_dims: int = 2,
         per_sample: bool = True,
         slope: float = 0.01,
@@ -109,7 +111,7 @@ class GINParams:
         moved to ``device``, so one seed gives the same network whatever device or backend applies it.
         With ``per_sample=False`` one network serves the whole batch (alphas stay per sample).
         """
-        cfg = GINConfig(in_channels, out_channels, interm_channels, n_layers, tuple(kernel_sizes),
+        cfg = GINConfig(in_channels, out_channels, interm_channels, n_layers, kernel_sizes,
                         spatial_dims, per_sample, slope, eps, layer_kernel_sizes)
         return cls.draw_config(batch, cfg, device=device, generator=generator)
 

@@ -37,6 +37,7 @@ def test_kernel_sizes_come_from_the_pool_one_per_layer():
             assert p.weights[layer].shape[-2:] == (k, k)
     assert all(s == {1, 3, 5} for s in seen)
     assert GINParams.draw(2, kernel_sizes=(7,), generator=gen(0)).kernel_sizes == (7,) * 4
+    assert GINParams.draw(2, kernel_sizes=5, generator=gen(0)).kernel_sizes == (5,) * 4  # one int: that size
 
 
 def test_draw_distributions():
