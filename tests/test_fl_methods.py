@@ -91,6 +91,8 @@ def test_recipes_follow_the_papers():
     n_classes = 5  # background + the 4 default organs
     ipa = recipe(method_cfg("gin_ipa"))
     assert ipa.n_forward == 3 and ipa.reverse_kl and ipa.consistency_weight == pytest.approx(10 / n_classes)
+    gin3 = recipe(method_cfg("gin", "aug.method=gin", "aug.views=3"))  # the original GIN without IPA: same loss
+    assert gin3.n_forward == 3 and gin3.reverse_kl and gin3.consistency_weight == pytest.approx(10 / n_classes)
     rc = recipe(method_cfg("randconv"))
     assert (rc.n_forward, rc.clean_view, rc.reverse_kl, rc.consistency_weight) == (3, True, False, 10.0)
     x = torch.rand(2, 1, 16, 16)

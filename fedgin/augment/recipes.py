@@ -6,14 +6,15 @@ Defaults are each method's published training (docs/methods.md):
 | method | views per batch | clean view | consistency (weight) | other |
 |---|---|---|---|---|
 | none | the image | - | - | |
-| gin | 1 (``views`` 2-3: the original GIN's) | no | KL(m ‖ p_i), 10 | |
+| gin | 1 (``views`` 2-3: the original GIN's) | no | KL(m ‖ p_i), 10 / K | |
 | gin_ipa | 3 | no | KL(m ‖ p_i), 10 / K | |
 | randconv | 2 | yes | KL(p_i ‖ m), 10 (RandConv-mix) | |
 | pro_randconv, fmaug, semantic_randconv | 1 | no | with ``views`` > 1: KL(p_i ‖ m), 10 | |
 | raffesdg | 1 | no | as above | high-frequency reconstruction, MSE, weight 1 |
 
 The segmentation loss is on the first forward group (the clean image when there is one). K is the number of
-classes (GIN-IPA's ``KLDivLoss()`` averages over classes; :func:`kl_consistency` sums over them).
+classes (the original GIN training's ``KLDivLoss()``, weight 10 with or without IPA, averages over classes;
+:func:`kl_consistency` sums over them).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from fedgin.augment.base import AUGMENTATIONS, GIN_OPTIONS, Augmentation, make_a
 # method: (default views, clean view, reverse KL, default consistency weight; "K" divides it by the classes)
 _RECIPES: dict[str, tuple[int, bool, bool, float, bool]] = {
     "none": (1, False, False, 0.0, False),
-    "gin": (1, False, True, 10.0, False),
+    "gin": (1, False, True, 10.0, True),
     "gin_ipa": (3, False, True, 10.0, True),
     "randconv": (2, True, False, 10.0, False),
     "pro_randconv": (1, False, False, 10.0, False),
