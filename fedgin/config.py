@@ -467,6 +467,13 @@ def _check_flower(cfg: RunConfig, err) -> None:
         raise err("flower", "round_timeout and join_timeout must be > 0")
     if fl.dp.clip < 0 or fl.dp.noise_multiplier < 0 or fl.dp.noise_multiplier > 0 and fl.dp.clip == 0:
         raise err("flower.dp", "clip and noise_multiplier must be >= 0; noise needs a clip > 0")
+    if fl.dp.clip > 0 and cfg.model.norm == "batch":
+        raise err("flower.dp.clip", "differential privacy needs model.norm: instance: BatchNorm's running statistics "
+                                    "and step counters travel with each update, so the clipping would shrink the "
+                                    "weights' change by theirs and the noise would reach them")
+    if fl.dp.clip > 0 and cfg.fed.weighting != "uniform":
+        raise err("flower.dp.clip", "differential privacy needs fed.weighting: uniform: the noise, noise_multiplier "
+                                    "* clip / sampled sites, covers each site's share of an unweighted mean")
     if fl.secagg.enabled:
         _check_secagg(cfg, err)
 

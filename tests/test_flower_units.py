@@ -50,6 +50,9 @@ from fedgin.train.model import domain_index, make_model  # noqa: E402
 SITES = "data.sites=[{name: ct-a, modality: ct, cases: 3, seed: 1}, {name: mri-a, modality: mri-t1, cases: 2, seed: 2}]"
 
 
+DP = ("model.norm=instance", "fed.weighting=uniform")  # what differential privacy needs
+
+
 def cfg_with(*over):
     return load_config(overrides=[SITES, "engine=flower", "model.channels=[4, 8]", "model.strides=[2]", *over])
 
@@ -148,7 +151,7 @@ def in_a_run(monkeypatch):
 
 
 def test_dp_clips_each_update_and_the_server_adds_noise(tmp_path, in_a_run):
-    run = server_run(tmp_path, "flower.dp.clip=0.5", "flower.dp.noise_multiplier=2.0")
+    run = server_run(tmp_path, "flower.dp.clip=0.5", "flower.dp.noise_multiplier=2.0", *DP)
     strategy = server_app.make_strategy(run.cfg, run)
     assert isinstance(strategy, DifferentialPrivacyClientSideFixedClipping)
     assert strategy.clipping_norm == 0.5 and strategy.num_sampled_clients == 2
@@ -254,6 +257,8 @@ def test_the_app_project_carries_the_config(tmp_path):
 @pytest.mark.parametrize("over, match", [
     (["engine=ray"], "engine"), (["fed.mode=centralized"], "centralized"),
     (["flower.dp.noise_multiplier=1.0"], "noise needs a clip"), (["flower.min_fit_clients=3"], "within 0..2"),
+    (["flower.dp.clip=1.0", "fed.weighting=uniform"], "differential privacy needs model.norm: instance"),
+    (["flower.dp.clip=1.0", "model.norm=instance"], "differential privacy needs fed.weighting: uniform"),
 ])
 def test_flower_config_errors(over, match):
     with pytest.raises(ValueError, match=match):
