@@ -136,6 +136,17 @@ def test_fedbn_keeps_normalization_local_and_centralized_pools(cache, tmp_path):
     assert all(s.num_samples == 0 for s in fed.sites)
 
 
+def test_fedprox_under_fedbn_pulls_only_the_shared_weights(cache, monkeypatch):
+    site = build_federation(tiny(cache, "fed.norm=local", "fed.prox_mu=0.1"), torch.device("cpu")).sites[0]
+    anchors = []
+    monkeypatch.setattr("fedgin.fl.client.train_local", lambda *a, anchor, **kw: anchors.append(anchor) or {})
+    global_weights = get_weights(site.model)
+    site.fit(global_weights)
+    params = {n for n, _ in site.model.named_parameters()}
+    assert site.local_keys & params and set(anchors[0]) == set(global_weights) - site.local_keys
+    assert params - site.local_keys <= set(anchors[0])
+
+
 def test_bad_site_data_names_the_problem(cache, tmp_path):
     cfg = tiny(cache, f"data.sites=[{{name: x, modality: ct, data_dir: {tmp_path / 'nothing'}}}]")
     with pytest.raises(FileNotFoundError, match="nothing"):

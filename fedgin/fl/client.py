@@ -86,7 +86,10 @@ class Client:
         if self.images is None:
             raise ValueError(f"site {self.name} has no training cases")
         self.load(weights)
-        anchor = {k: torch.as_tensor(v) for k, v in weights.items()} if self.cfg.fed.prox_mu > 0 else None
+        # FedProx pulls the shared weights towards the global model; a site's own normalization layers (FedBN) have
+        # no global value to be pulled to
+        anchor = ({k: torch.as_tensor(v) for k, v in weights.items() if k not in self.local_keys}
+                  if self.cfg.fed.prox_mu > 0 else None)
         metrics = train_local(self.model, self.images, self.labels, self.cfg, self.generator, anchor=anchor,
                               domains=self.domains, desc=f"round {round_idx + 1} {self.name}", progress=progress)
         if self.domain is not None:

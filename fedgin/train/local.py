@@ -74,8 +74,9 @@ def train_local(
     """Train ``model`` in place for one round on ``images`` [N, 1, *S] / ``labels`` [N, 1, *S].
 
     ``generator`` drives the shuffling and the augmentation draws (``aug.*``: the method, its views and losses,
-    :func:`fedgin.config.recipe`). ``anchor`` (the global weights) enables the FedProx term when
-    ``fed.prox_mu > 0``. ``domains`` [N] (``fed.norm: dsbn``): each sample's domain-specific normalization.
+    :func:`fedgin.config.recipe`). ``anchor`` (the global weights) enables the FedProx term, over the parameters
+    it holds, when ``fed.prox_mu > 0``. ``domains`` [N] (``fed.norm: dsbn``): each sample's domain-specific
+    normalization.
     Returns scalar metrics: mean loss, mean step time, the share of it spent augmenting (``gin_share``, named
     after GIN but measured for every method), steps.
     """
@@ -85,7 +86,7 @@ def train_local(
     plan = recipe(cfg)
     branch = getattr(model, "reconstruction", None) if plan.reconstruction_weight else None
     mu = cfg.fed.prox_mu
-    prox = [(p, anchor[n].to(device)) for n, p in model.named_parameters()] if mu > 0 and anchor else []
+    prox = [(p, anchor[n].to(device)) for n, p in model.named_parameters() if n in anchor] if mu > 0 and anchor else []
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model.train()
     losses, step_times, aug_times = [], [], []
