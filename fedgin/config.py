@@ -418,13 +418,17 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if f.prox_mu < 0:
         raise err("fed.prox_mu", "must be >= 0")
     _check_flower(cfg, err)
-    if f.norm == "dsbn":
-        if m.norm != "batch":
-            raise err("fed.norm", f"dsbn needs batch normalization (model.norm: batch), got {m.norm!r}")
+    if f.norm == "dsbn" and m.norm != "batch":
+        raise err("fed.norm", f"dsbn needs batch normalization (model.norm: batch), got {m.norm!r}")
+    if f.norm == "local" and f.mode == "centralized":
+        raise err("fed.norm", "local (FedBN) keeps normalization layers at each site, but centralized training has "
+                              "one pooled model: use average")
+    if f.norm in ("local", "dsbn"):
         trained = {s.modality for s in d.sites}
         for i, t in enumerate(d.test):
             if t.modality not in trained:
-                raise err(f"data.test[{i}]", f"fed.norm: dsbn has no statistics for {t.modality}: no site has it")
+                raise err(f"data.test[{i}]", f"fed.norm: {f.norm} has no normalization statistics for {t.modality}: "
+                                             "no site has it")
     a = cfg.aug
     if a.views is not None and not 1 <= a.views <= 3:
         raise err("aug.views", f"must be 1, 2 or 3, got {a.views}")

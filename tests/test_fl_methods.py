@@ -203,12 +203,24 @@ def test_dsbn_never_averages_domain_statistics_across_modalities(cache, tmp_path
     (["aug.method=gin_ipa", "aug.views=2"], "gin_ipa always makes 3 views"),
     (["aug.method=none", "aug.views=2"], "aug.views"),
     (["fed.norm=dsbn", "model.norm=instance"], "fed.norm: dsbn needs batch normalization"),
-    (["fed.norm=dsbn", "data.sites=[{name: a, modality: ct}]"], "data.test[1]: fed.norm: dsbn has no statistics"),
+    (["fed.norm=dsbn", "data.sites=[{name: a, modality: ct}]"], "data.test[1]: fed.norm: dsbn has no normalization"),
+    (["fed.norm=local", "data.sites=[{name: a, modality: ct}]"], "data.test[1]: fed.norm: local has no normalization"),
+    (["fed.norm=local", "fed.mode=centralized"], "fed.norm: local (FedBN) keeps normalization layers at each site"),
 ])
 def test_bad_method_config_names_the_key(over, needle):
     with pytest.raises(ValueError) as err:
         load_config(overrides=over)
     assert needle in str(err.value)
+
+
+def test_arms_keep_fedbn_at_the_sites_and_pool_one_normalization():
+    fedbn = load_config(overrides=[*TINY, "fed.norm=local"])
+    assert [arm_config(fedbn, a).fed.norm for a in ("fedgin", "central-gin", "fed-gin", "central-gin")] == \
+        ["local", "average", "local", "average"]
+    assert method_config(fedbn, "randconv", "centralized").fed.norm == "average"
+    dsbn = load_config(overrides=[*TINY, "fed.norm=dsbn"])
+    with pytest.raises(ValueError, match="arm local-ct-a: data.test\\[1\\]: fed.norm: dsbn has no normalization"):
+        arm_config(dsbn, "local-ct-a")  # the site alone has no MRI statistics for the MRI test set
 
 
 def test_method_options_reach_the_augmentation():

@@ -53,9 +53,15 @@ def arm_config(cfg: RunConfig, arm: str) -> RunConfig:
     else:
         raise ValueError(f"unknown arm {arm!r}; choose from {list(PROTOCOL) + list(BASELINES)} or local-<site>")
     out.name = f"{cfg.name}/{arm}"
-    out.fed = dataclasses.replace(out.fed, mode=mode)
+    out.fed = dataclasses.replace(out.fed, mode=mode, norm=_pooled_norm(cfg.fed.norm, mode))
     out.aug = _aug_for(cfg, method)
+    validate(out, f"arm {arm}")
     return out
+
+
+def _pooled_norm(norm: str, mode: str) -> str:
+    """``norm`` for an arm in ``mode``: a pooled model has no sites to keep normalization layers at (FedBN)."""
+    return "average" if norm == "local" and mode == "centralized" else norm
 
 
 def _aug_for(cfg: RunConfig, method: str):
@@ -72,7 +78,7 @@ def method_config(cfg: RunConfig, method: str, mode: str, arm: str | None = None
     out = copy.deepcopy(cfg)
     out.name = f"{cfg.name}/{arm or method}"
     norm = "dsbn" if method == "dsbn" else ("average" if cfg.fed.norm == "dsbn" else cfg.fed.norm)
-    out.fed = dataclasses.replace(out.fed, mode=mode, norm=norm)
+    out.fed = dataclasses.replace(out.fed, mode=mode, norm=_pooled_norm(norm, mode))
     out.aug = _aug_for(cfg, "none" if method == "dsbn" else method)
     validate(out, f"method {method}")
     return out
