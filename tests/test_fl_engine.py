@@ -136,6 +136,38 @@ def test_fedbn_keeps_normalization_local_and_centralized_pools(cache, tmp_path):
     assert all(s.num_samples == 0 for s in fed.sites)
 
 
+def test_fedbn_tests_and_saves_each_sites_layers_of_the_best_round(cache, tmp_path, monkeypatch):
+    from fedgin.fl import engine
+
+    fitted = {}  # (site, round) -> its normalization layers after that round's fit
+    fit = Client.fit
+
+    def recording_fit(self, weights, round_idx=0, progress=False):
+        out = fit(self, weights, round_idx, progress)
+        fitted[self.name, round_idx] = {k: v.copy() for k, v in self.local_state.items()}
+        return out
+
+    scores = iter([0.9, 0.5])  # round 1 validates best, round 2 worse
+    validate = engine.validate_sites
+    monkeypatch.setattr(Client, "fit", recording_fit)
+    monkeypatch.setattr(engine, "validate_sites", lambda *a: {**validate(*a), "val/score": next(scores)})
+    tested = []
+    evaluate = engine.evaluate_tests
+    monkeypatch.setattr(engine, "evaluate_tests", lambda cfg, fed, w, dev: tested.append(
+        {s.name: dict(s.local_state) for s in fed.sites}) or evaluate(cfg, fed, w, dev))
+    result = run(tiny(cache, "fed.norm=local", "fed.rounds=2", "eval.overlays=0"), tmp_path / "run", progress=False)
+    assert result.best_round == 1
+    best = torch.load(result.run_dir / "best_model.pt", weights_only=True)
+    for site in ("ct-a", "mri-a"):
+        first, last = fitted[site, 0], fitted[site, 1]
+        key = next(k for k in first if k.endswith("running_mean"))
+        assert not np.array_equal(first[key], last[key])
+        assert all(np.array_equal(tested[0][site][k], v) for k, v in first.items())  # tested on round 1's layers
+        saved = torch.load(result.run_dir / f"best_model_{site}.pt", weights_only=True)
+        assert all(np.array_equal(saved[k].numpy(), v) for k, v in first.items())
+        assert all(torch.equal(saved[k], v) for k, v in best.items() if k not in first)
+
+
 def test_fedprox_under_fedbn_pulls_only_the_shared_weights(cache, monkeypatch):
     site = build_federation(tiny(cache, "fed.norm=local", "fed.prox_mu=0.1"), torch.device("cpu")).sites[0]
     anchors = []

@@ -62,12 +62,12 @@ def weights(seed, n=3):
     return {"w": g.normal(size=(n, n)).astype(np.float32), "steps": np.array(seed, dtype=np.int64)}
 
 
-def reply(node, w=None, n=4, error=None, loss=1.0, **metrics):
+def reply(node, w=None, n=4, error=None, loss=1.0, local_keys="", **metrics):
     content = None
     if error is None:
         content = RecordDict({"arrays": to_record(w),
                               "metrics": MetricRecord({"num-examples": n, "loss": loss, **metrics}),
-                              "fedgin": ConfigRecord({"local-keys": ""})})
+                              "fedgin": ConfigRecord({"local-keys": local_keys})})
     return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), content=content,
                            has_error=lambda: error is not None, error=SimpleNamespace(reason=error))
 
@@ -118,6 +118,24 @@ def test_min_fit_clients_lets_the_round_finish_without_a_failed_site(tmp_path):
     assert np.array_equal(to_weights(arrays)["w"], weights(1)["w"])
     assert run.dropped == {"mri-a": "RuntimeError: disk full"}
     assert run.start_round(2, arrays) == [11]  # the failed site gets no more work
+
+
+def test_fedbn_keeps_each_sites_layers_of_the_best_round_across_a_resume(tmp_path):
+    fedbn = ("fed.norm=local", "data.test=[{modality: ct, cases: 1}, {modality: mri-t1, cases: 1}]")
+    run = server_run(tmp_path, *fedbn)
+    arrays = to_record(weights(0))
+    for r, score in ((1, 0.9), (2, 0.5)):  # round 1 validates best
+        run.start_round(r, arrays)
+        arrays, _ = run.aggregate([reply(11, weights(10 * r + 1), local_keys="w"),
+                                   reply(22, weights(10 * r + 2), local_keys="w")])
+        run.row["val/score"] = score
+        run.end_round(r, arrays)
+    assert np.array_equal(run.sites[0].local_state["w"], weights(21)["w"])  # the last round's, live
+    expected = {"ct-a": weights(11)["w"].tolist(), "mri-a": weights(12)["w"].tolist()}
+    assert {name: w["w"].tolist() for name, w in run.best_local.items()} == expected
+    again = server_run(tmp_path, *fedbn)
+    again.restore(run.rd.load_state())
+    assert {name: w["w"].tolist() for name, w in again.best_local.items()} == expected
 
 
 def test_dsbn_averages_each_modality_s_normalization_among_its_sites(tmp_path):

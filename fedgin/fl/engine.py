@@ -84,8 +84,11 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
     sampler = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     best, best_round, best_score, start = weights, -1, -math.inf, 0
+    best_local: dict[str, Weights] = {}
     if state is not None:
         weights, best = to_arrays(state["global"]), to_arrays(state["best"])
+        # a state saved before runs kept FedBN's best-round layers has none
+        best_local = {name: to_arrays(t) for name, t in state.get("best_local", {}).items()}
         best_round, best_score, start = state["best_round"], state["best_score"], state["round"]
         history = state["history"]
         sampler.set_state(state["sampler"])
@@ -118,7 +121,7 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
         row.update(validate_sites(fed.sites, weights, cfg.eval.hd95_every_round))
         score = row.get("val/score", float(r))  # no validation cases: keep the last round
         if score > best_score:
-            best, best_round, best_score = weights, r, score
+            best, best_round, best_score, best_local = weights, r, score, local_states(fed.sites)
         row.update({"best_round": best_round + 1, "time_s": time.perf_counter() - t0})
         history.append(row)
         _log(rounds, row, cfg, fed)
@@ -128,11 +131,11 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
         rd.save_state({
             "round": r + 1, "global": to_tensors(weights), "best": to_tensors(best), "best_round": best_round,
             "best_score": best_score, "history": history, "sampler": sampler.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.get_rng_state(), "best_local": {n: to_tensors(w) for n, w in best_local.items()},
             "clients": {c.name: c.state_dict() for c in fed.trainers + fed.sites},
         })
 
-    rd.save_weights(rd.best, best)
+    save_best(rd, fed.sites, best, best_local)
     test = evaluate_tests(cfg, fed, best, device)
     from fedgin.fl.plots import write_plots
     from fedgin.fl.report import run_table
@@ -147,6 +150,21 @@ def _finished(rd: RunDir) -> RunResult:
     done = json.loads(rd.test.read_text())
     history = [json.loads(line) for line in rd.metrics_jsonl.read_text().splitlines()]
     return RunResult(rd.path, done["test"], done["best_round"], history)
+
+
+def local_states(sites) -> dict[str, Weights]:
+    """Each site's own normalization layers now (FedBN; empty otherwise), a copy."""
+    return {s.name: dict(s.local_state) for s in sites if s.local_state}
+
+
+def save_best(rd: RunDir, sites, best: Weights, best_local: dict[str, Weights]) -> None:
+    """``best_model.pt``; under FedBN also each site's model of the best round, shared weights and its own
+    normalization layers (``best_model_<site>.pt``), which the sites take back for the test evaluation."""
+    rd.save_weights(rd.best, best)
+    for s in sites:
+        s.local_state = best_local.get(s.name, {})
+        if s.local_state:
+            rd.save_weights(rd.site_best(s.name), {**best, **s.local_state})
 
 
 def sample_clients(trainers: list[Client], fraction: float, gen: torch.Generator) -> list[Client]:

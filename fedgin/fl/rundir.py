@@ -51,6 +51,10 @@ class RunDir:
         self.table = self.path / "table.md"
         self.plots = self.path / "plots"
 
+    def site_best(self, site: str) -> Path:
+        """A site's best-round model under FedBN: the shared weights with its own normalization layers."""
+        return self.path / f"best_model_{site}.pt"
+
     @property
     def finished(self) -> bool:
         return self.test.is_file()

@@ -25,7 +25,15 @@ from fedgin.config import RunConfig, dump
 from fedgin.environment import environment
 from fedgin.fl.aggregate import Weights, fedavg, fedavg_dsbn
 from fedgin.fl.client import EvalResult, get_weights
-from fedgin.fl.engine import Federation, evaluate_tests, resolve_device, sample_clients, validate_sites
+from fedgin.fl.engine import (
+    Federation,
+    evaluate_tests,
+    local_states,
+    resolve_device,
+    sample_clients,
+    save_best,
+    validate_sites,
+)
 from fedgin.fl.flower.records import (
     OUT_KEY,
     RESUME_KEY,
@@ -80,6 +88,7 @@ class ServerRun:
         self.dropped: dict[str, str] = {}  # site -> why it left the run
         self.history: list[dict] = []
         self.best, self.best_round, self.best_score = weights, -1, -math.inf
+        self.best_local: dict[str, Weights] = {}  # FedBN: each site's normalization layers of the best round
         self.sent: list[SiteNode] = []
         self.row: dict = {}
         self.t0 = time.perf_counter()
@@ -91,6 +100,8 @@ class ServerRun:
         self.done, self.history = state["round"], state["history"]
         self.weights, self.best = to_arrays(state["global"]), to_arrays(state["best"])
         self.best_round, self.best_score = state["best_round"], state["best_score"]
+        # a state saved before runs kept FedBN's best-round layers has none
+        self.best_local = {name: to_arrays(t) for name, t in state.get("best_local", {}).items()}
         self.sampler.set_state(state["sampler"])
         for site in self.sites:
             site.local_state = to_arrays(state["local_states"].get(site.name, {}))
@@ -183,6 +194,7 @@ class ServerRun:
         score = self.row.get("val/score", float(r))
         if score > self.best_score:
             self.best, self.best_round, self.best_score = weights, r, score
+            self.best_local = local_states(self.sites)
         self.row.update({"best_round": self.best_round + 1, "time_s": time.perf_counter() - self.t0})
         self.history.append(self.row)
         if self.cfg.eval.keep_round_checkpoints:
@@ -191,7 +203,8 @@ class ServerRun:
         self.rd.save_state({"round": r + 1, "global": to_tensors(weights), "best": to_tensors(self.best),
                             "best_round": self.best_round, "best_score": self.best_score, "history": self.history,
                             "sampler": self.sampler.get_state(), "sites_left": dict(self.dropped),
-                            "local_states": {s.name: to_tensors(s.local_state) for s in self.sites}})
+                            "local_states": {s.name: to_tensors(s.local_state) for s in self.sites},
+                            "best_local": {n: to_tensors(w) for n, w in self.best_local.items()}})
         log.info("round %d/%d: val score %.3f (best round %d)", r + 1, self.cfg.fed.rounds,
                  score if "val/score" in self.row else math.nan, self.best_round + 1)
         return MetricRecord({"best_round": self.best_round + 1})
@@ -199,7 +212,7 @@ class ServerRun:
     def finish(self, tests: dict, device: torch.device) -> dict:
         """The best model on the held-out test sets: best_model.pt, table.md, plots, test_metrics.json."""
         cfg, rd = self.cfg, self.rd
-        rd.save_weights(rd.best, self.best)
+        save_best(rd, self.sites, self.best, self.best_local)
         fed = Federation(self.sites, [], tests)
         test = evaluate_tests(cfg, fed, self.best, device)
         atomic_write(rd.table, run_table(test, cfg.data.organs, title=f"{cfg.name}: best round {self.best_round + 1}"))
