@@ -134,6 +134,11 @@ def test_fedbn_keeps_normalization_local_and_centralized_pools(cache, tmp_path):
     assert [c.name for c in fed.trainers] == ["pooled"]
     assert fed.trainers[0].num_samples == 8 * (2 + 1)  # 8 slices of each training case: ct 3 - 1, mri 2 - 1
     assert all(s.num_samples == 0 for s in fed.sites)
+    for fraction, steps in ((1.0, 3 * 2), (0.5, 3)):  # the steps of the sites a federated round samples
+        pooled = build_federation(tiny(cache, "fed.mode=centralized", "train.local_steps=3",
+                                       f"fed.fraction={fraction}"), torch.device("cpu")).trainers[0]
+        fit = pooled.fit(get_weights(pooled.model))
+        assert fit.metrics["steps"] == steps
 
 
 def test_fedbn_tests_and_saves_each_sites_layers_of_the_best_round(cache, tmp_path, monkeypatch):

@@ -1,10 +1,13 @@
 """The built-in federated engine: rounds of client sampling, local fits, FedAvg, validation, checkpoints.
 
 ``fed.mode: centralized`` runs the same loop with one client that holds the pooled training data, so the
-baselines share the code path and the budget (rounds x local epochs).
+baselines share the code path and the budget in samples: rounds x local epochs of the pooled data, or with
+``train.local_steps`` that many steps for each site a federated round samples. (With ``fed.fraction`` < 1 and
+local epochs the pooled model still sees all the data every round.)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -61,8 +64,10 @@ def build_federation(cfg: RunConfig, device: torch.device, progress: bool = Fals
     if cfg.fed.mode == "centralized":
         for s in sites:  # evaluation only
             s.images = s.labels = None
-        trainers = [Client("pooled", "mixed", pooled, [], cfg, device=device, seed=cfg.seed * 1000 + 999,
-                           case_modalities=pooled_modalities)]
+        sampled = max(1, round(cfg.fed.fraction * len(sites)))  # as sample_clients
+        steps = dataclasses.replace(cfg.train, local_steps=cfg.train.local_steps * sampled)
+        trainers = [Client("pooled", "mixed", pooled, [], dataclasses.replace(cfg, train=steps), device=device,
+                           seed=cfg.seed * 1000 + 999, case_modalities=pooled_modalities)]
     else:
         trainers = sites
     return Federation(sites, trainers, tests)
