@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from fedgin.fl.rundir import atomic_path, atomic_write
 
 ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
 MARKERS = {"fp32": "o", "bf16": "s", "fp16": "^"}
@@ -107,28 +107,14 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path`` (never half-written)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict, out_dir: Path | str) -> dict[str, Path]:
     """Write the JSON, markdown and PNG of ``report`` under ``out_dir``; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{report['date']}-{report['environment']['device_slug']}-{report['preset']}"
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
-    atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n"))
-    atomic_write(paths["md"], lambda p: p.write_text(markdown(report)))
-    atomic_write(paths["png"], lambda p: plot(report, p))
+    atomic_write(paths["json"], json.dumps(report, indent=1, allow_nan=False) + "\n")
+    atomic_write(paths["md"], markdown(report))
+    with atomic_path(paths["png"]) as tmp:
+        plot(report, tmp)
     return paths

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from fedgin import reference_apply
+from fedgin.fl.rundir import atomic_write
 from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.launch import V15_2D, stream_modes
 
@@ -36,7 +37,6 @@ from . import timing
 from .cases import K3X8, SHARED, Case, draw_params, image_like, split_candidate
 from .cli import out_dir
 from .environment import environment
-from .report import atomic_write
 from .suite import TOLERANCE, relative_error, resolve_device
 
 Candidates = tuple[dict, ...]
@@ -216,8 +216,8 @@ def write(report: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{report['date']}-{report['environment']['device_slug']}-sweep"
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md")}
-    atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=1) + "\n"))
-    atomic_write(paths["md"], lambda p: p.write_text(markdown(report)))
+    atomic_write(paths["json"], json.dumps(report, indent=1) + "\n")
+    atomic_write(paths["md"], markdown(report))
     return paths
 
 

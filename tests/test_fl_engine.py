@@ -1,6 +1,8 @@
 """The built-in engine on tiny phantom data: outputs, the client boundary, resume, divergence, FedBN."""
 import json
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -34,10 +36,14 @@ def test_run_writes_the_run_directory(cache, tmp_path):
     cfg = tiny(cache, "fed.rounds=2", "aug.method=gin")
     result = run(cfg, tmp_path / "run", progress=False)
     d = result.run_dir
+    umask = os.umask(0)
+    os.umask(umask)
     for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "state.pt", "best_model.pt", "table.md",
                  "test_metrics.json", "checkpoints/global_round_0001.pt", "checkpoints/global_round_0002.pt",
                  "plots/val_dice.png", "plots/test_dice_per_organ.png", "plots/overlays.png"):
         assert (d / name).is_file(), name
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o666 & ~umask, name  # readable as any new file
+    assert not list(d.rglob(".*"))  # no temporary file left
     rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert {"val/ct/dice/mean", "val/mri-t1/hd95/liver", "train/ct-a/gin_share", "val/score"} <= set(rows[0])

@@ -1,11 +1,13 @@
 """A run directory: resolved config, metrics per round, checkpoints (written atomically), results."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,17 +16,31 @@ import torch
 from fedgin.fl.aggregate import Weights
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``path`` through a temporary file in the same folder and a rename: never half-written."""
+@contextlib.contextmanager
+def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write (it keeps ``path``'s suffix); renamed over ``path`` when the block
+    ends, removed if it fails: ``path`` is never half-written. ``mode``: the file's permissions (default: a new
+    file's under the umask; the temporary file is private until then)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+        yield Path(tmp)
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path, mode) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def to_tensors(weights: Weights) -> dict[str, torch.Tensor]:

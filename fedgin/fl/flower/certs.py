@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +34,7 @@ class NodeKeys:
 
 
 def _write_key(path: Path, data: bytes) -> None:
-    atomic_write(path, data)
-    os.chmod(path, 0o600)
+    atomic_write(path, data, mode=0o600)  # private from the start: the key is never readable by others
 
 
 def _name(common_name: str) -> x509.Name:
