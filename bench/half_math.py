@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -97,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| stack | arithmetic | median error | max error (of {args.seeds} draws, {args.size}^3 x 3 channels) |")
     print("|---|---|---:|---:|")
     for (stack, name), errs in errors(args.size, args.seeds).items():
-        errs = sorted(errs)
-        print(f"| {stack} | {name} | {errs[len(errs) // 2]:.1e} | {errs[-1]:.1e} |")
+        print(f"| {stack} | {name} | {statistics.median(errs):.1e} | {max(errs):.1e} |")
     return 0
 
 
