@@ -107,7 +107,8 @@ def test_secagg_config_accepts_flower_counts_and_fractions():
     cfg = cfg_with("flower.secagg.num_shares=1.0", "flower.secagg.reconstruction_threshold=0.5",
                    "fed.weighting=uniform", "fed.prox_mu=0.1")
     assert cfg.flower.secagg.num_shares == 1.0
-    assert not load_config(overrides=[SITES, "fed.norm=local"]).flower.secagg.enabled  # off by default
+    tests = "data.test=[{modality: ct}, {modality: mri-t1}]"  # FedBN needs a site of each test modality
+    assert not load_config(overrides=[SITES, tests, "fed.norm=local"]).flower.secagg.enabled  # off by default
 
 
 @pytest.fixture
