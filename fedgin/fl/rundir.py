@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,21 +19,16 @@ from fedgin.fl.aggregate import Weights
 @contextlib.contextmanager
 def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
     """A temporary file beside ``path`` to write (it keeps ``path``'s suffix); renamed over ``path`` when the block
-    ends, removed if it fails: ``path`` is never half-written. ``mode``: the file's permissions (default: a new
-    file's under the umask; the temporary file is private until then)."""
+    ends, removed if it fails: ``path`` is never half-written. ``mode``: the permissions it is created with, under
+    the umask (default 0o666, as any new file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{path.suffix}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode))
     try:
-        yield Path(tmp)
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
