@@ -43,23 +43,21 @@ Candidates = tuple[dict, ...]
 
 # (case, candidate overrides); the default plan first. Ordered by importance: the budget cuts the tail.
 GPU_SWEEP: tuple[tuple[Case, Candidates], ...] = (
-    # The third run (bench/NOTES.md, v1.9 measured) made the weights as kernel arguments the default for a shared
-    # network in fp32/bf16 and left a launch a sample opt-in: faster from a CUDA graph, slower timed from the host.
-    # First the host-timed rows again after the host-side changes (draws packed into pinned memory, rows in NumPy):
-    # can 3D take a launch a sample by default? Then the row it did not reach (3D fp16, shared network), the heavy
-    # stack, and its other cases for a second measurement.
-    (Case(2, 3, (128,) * 3), ({}, {"wargs": True}, {"wargs": True, SHARED: True})),
-    (Case(2, 3, (128,) * 3, "fp16"), ({}, {"wargs": True, SHARED: True}, {"wargs": True})),
-    (Case(2, 3, (128,) * 3, "bf16"), ({}, {"wargs": True})),
-    (Case(16, 4, (128, 128), kernel_sizes=K3X8, interm=8), (
-        {}, {"th": 1, "tw": 32}, {"th": 1, "tw": 64}, {"th": 2, "tw": 32})),
-    # 2D is host-bound from the host (0.415 ms against 0.179 from a graph): one launch (finish) saves a launch.
-    # Bands of 64 rows, 4 a tile: warm-up 8 steps in 72, not in 40, at 10 warps an SM, not 12 or 20 (NOTES, v1.12)
+    # The fourth run (bench/NOTES.md, v1.13) timed the 3D rows from the host after the host-side cuts and made a launch
+    # a sample the 3D default for 128³ samples; its budget ran out before 2D. So 2D first: it is host-bound from the
+    # host (0.240 ms against 0.180 from a graph), and one launch (finish) saves a launch; bands of 64 rows, 4 a tile:
+    # warm-up 8 steps in 72, not in 40, at 10 warps an SM, not 12 or 20 (NOTES, v1.12). Then the 2D rows not
+    # reached, the heavy stack, and the 3D rows again ("{}" is make_plan's plan, reading the weights from memory).
     (Case(64, 3, (256, 256)), ({}, {"wargs": True, SHARED: True}, {"finish": True}, {"th": 4, "zc": 64},
                                {"wargs": True, SHARED: True, "th": 4, "zc": 64})),
     (Case(64, 3, (256, 256), "fp16"), ({}, {"wargs": True, SHARED: True})),
-    (Case(4, 1, (96,) * 3), ({}, {"wargs": True})),
     (Case(64, 3, (256, 256), "bf16"), ({}, {"wargs": True, SHARED: True}, V15_2D)),
+    (Case(16, 4, (128, 128), kernel_sizes=K3X8, interm=8), (
+        {}, {"th": 1, "tw": 32}, {"th": 1, "tw": 64}, {"th": 2, "tw": 32})),
+    (Case(4, 1, (96,) * 3), ({}, {"wargs": True})),
+    (Case(2, 3, (128,) * 3), ({}, {"wargs": True}, {"wargs": True, SHARED: True})),
+    (Case(2, 3, (128,) * 3, "fp16"), ({}, {"wargs": True, SHARED: True}, {"wargs": True})),
+    (Case(2, 3, (128,) * 3, "bf16"), ({}, {"wargs": True})),
 )
 
 # Stand-ins for a CPU run (Triton's interpreter): odd sizes, a few programs, one plan that cannot run.

@@ -6,6 +6,7 @@ and exits non-zero if any fails to compile.
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from .launch import (
     V15_2D,
     V15_3D,
     WARGS_MAX_FLOATS,
+    WARGS_SAMPLE_VOXELS,
     Plan,
     arg_floats,
     make_plan,
@@ -57,7 +59,7 @@ def specializations() -> Iterator[tuple[tuple[int, ...], tuple[int, ...], torch.
     k4 = (3, 3, 3, 3)
     for h, w in ((7, 5), (70, 20), (100, 56), (512, 300)):  # 2D column tiles 16 .. 64, bands 1 .. 16
         yield (2, 3, h, w), k4, torch.float32, 3, 2
-    for d, h, w in ((5, 7, 9), (4, 20, 20), (16, 128, 128), (5, 7, 300)):  # 3D tiles 16 .. 32
+    for d, h, w in ((5, 7, 9), (4, 20, 20), (16, 128, 128), (5, 7, 300), (128, 128, 128)):  # 3D tiles 16 .. 32
         yield (2, 3, d, h, w), k4, torch.float32, 3, 2
     for dtype in (torch.bfloat16, torch.float16):
         yield (64, 3, 256, 256), k4, dtype, 3, 2
@@ -147,8 +149,12 @@ def main() -> int:
         variants = [(mode, {}) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
         if shape in ALTERNATIVES and dtype == torch.float32:  # the default tiles' alternatives in the plan sweep
             variants += [(stream_modes(dtype)[0], overrides) for overrides in ALTERNATIVES[shape]]
-        if dtype != torch.float16 and arg_floats(c, m, ks, len(shape) - 2) <= WARGS_MAX_FLOATS:
-            variants.append((stream_modes(dtype)[0], SHARED_DEFAULT))  # a shared network's default (v1.9)
+        spatial = len(shape) - 2
+        if arg_floats(c, m, ks, spatial) <= WARGS_MAX_FLOATS:  # the weights as arguments where the default takes them
+            if dtype != torch.float16 or spatial == 3:  # a shared network's default (v1.9, v1.13)
+                variants += [(mode, SHARED_DEFAULT) for mode in stream_modes(dtype)]
+            if spatial == 3 and math.prod(shape[2:]) >= WARGS_SAMPLE_VOXELS:  # a launch a sample (v1.13)
+                variants += [(mode, {"wargs": True}) for mode in stream_modes(dtype)]
         for mode, overrides in variants:
             label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} {overrides or 'default plan'}"
             plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), **overrides)

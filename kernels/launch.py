@@ -50,6 +50,7 @@ PBLOCK = 128
 H100_SMS = 132  # streaming multiprocessors of an H100 or H200 SXM: the plan's default (a CUDA call passes its own)
 FINISH_PER_THREAD = 16  # elements a thread a step of the one-launch rescale: 32 spilled in 1- and 2-warp CTAs (ptxas)
 WARGS_MAX_FLOATS = 960  # weights and biases as kernel arguments: 3840 bytes, in CUDA's classic 4 KB with the rest
+WARGS_SAMPLE_VOXELS = 128**3  # the smallest 3D sample a launch a sample was measured faster on (default_wargs)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     load-store instruction (bench/NOTES.md, v1.9). A launch a sample (and draw), or one for a batch that shares one
     network (``per_sample=False``); 3D chunks are planned for one sample a launch, or for the batch with
     ``shared_network``. They must fit :data:`WARGS_MAX_FLOATS`. :func:`gin_fused` takes them by default for a batch
-    that shares one network (:func:`default_wargs`). The sweep (``python -m bench.sweep``) measures the alternatives
+    that shares one network and for large 3D samples (:func:`default_wargs`). The sweep (``python -m bench.sweep``) measures the alternatives
     on a GPU.
     """
     if wvec not in (None, 1, 4):
@@ -362,17 +363,22 @@ def _check_plan(plan: Plan, shape: Sequence[int], kernel_sizes: Sequence[int]) -
 
 
 def default_wargs(x: Tensor, draws: Sequence) -> bool:
-    """Whether the default plan passes the weights as kernel arguments: for a batch whose every draw shares one
-    network (``per_sample=False``), in float32 and bfloat16, where the row fits and the draw's CPU copy is at hand
-    (no device sync). Third H200 run (bench/NOTES.md, v1.9): with a shared network 1.25-1.38x the default plan from a
-    CUDA graph and 1.14-1.29x timed from the host (2D 64x3x256², 3D 2x3x128³); float16 (two passes, so twice the
-    launches' host time) 1.37x from a graph but 0.58x from the host, and a launch a sample (3D) 1.26x from a graph but
-    0.76x from the host: the host's ~400 µs of packing and launching a call exceed the kernels' time."""
+    """Whether the default plan passes the weights as kernel arguments (where the row fits and every draw's CPU copy
+    is at hand, so no device sync): for a batch whose draws share one network (``per_sample=False``), in float32 and
+    bfloat16, and in 3D in float16 too; and in 3D for a draw a sample (a launch a sample) once a sample holds
+    :data:`WARGS_SAMPLE_VOXELS` voxels. Measured (bench/NOTES.md, v1.9 and the fourth H200 run): with a shared
+    network 1.25-1.38x the default plan from a CUDA graph and 1.14-1.29x timed from the host (2D 64x3x256², 3D
+    2x3x128³); 3D 2x3x128³ from the host, after the host-side cuts, a launch a sample 1.15x (float32), 1.12x
+    (float16), 1.25x (bfloat16) and a shared network in float16 1.16x. 2D float16 with a shared network (two passes)
+    was 0.58x from the host; smaller 3D samples leave a launch's host time (~200 µs) uncovered."""
     cfg = draws[0].config
-    return (x.dtype != torch.float16
-            and all(not p.config.per_sample and p.has_host_copy for p in draws)
-            and arg_floats(cfg.in_channels, cfg.interm_channels, tuple(draws[0].kernel_sizes), x.dim() - 2)
-            <= WARGS_MAX_FLOATS)
+    spatial = x.dim() - 2
+    if not all(p.has_host_copy for p in draws) or arg_floats(
+            cfg.in_channels, cfg.interm_channels, tuple(draws[0].kernel_sizes), spatial) > WARGS_MAX_FLOATS:
+        return False
+    if all(not p.config.per_sample for p in draws):
+        return x.dtype != torch.float16 or spatial == 3
+    return spatial == 3 and math.prod(x.shape[2:]) >= WARGS_SAMPLE_VOXELS
 
 
 def _plan_for(x: Tensor, draws: Sequence, plan: Plan | None) -> Plan:
@@ -382,7 +388,7 @@ def _plan_for(x: Tensor, draws: Sequence, plan: Plan | None) -> Plan:
         wargs = default_wargs(x, draws)
         plan = make_plan(tuple(x.shape), tuple(params.kernel_sizes), params.config.interm_channels,
                          sms=_sm_count(x.device.index) if x.is_cuda else H100_SMS, wargs=wargs,
-                         shared_network=wargs)
+                         shared_network=wargs and all(not p.config.per_sample for p in draws))
     _check_plan(plan, x.shape, params.kernel_sizes)
     return plan
 

@@ -95,7 +95,7 @@ def _twice(x, params, plan):
                                                  ((64, 3, 256, 256), (3, 3, 3, 3), False)])
 def test_v19_weights_as_kernel_arguments_on_gpu(shape, ks, per_sample, dtype):
     """v1.9: the weights as kernel arguments (read from the constant bank), a launch a sample or one for a batch
-    sharing one network (the default there in float32 and bfloat16). Against float64, repeat-equal, and within the
+    sharing one network. Against float64, repeat-equal, and within the
     dtype's tolerance of the same plan reading its weights from memory (the interpreter finds them bit-equal; on the
     GPU the assertion's message counts the outputs that differ)."""
     params = draw(shape, ks, per_sample=per_sample, device="cuda")
@@ -106,7 +106,8 @@ def test_v19_weights_as_kernel_arguments_on_gpu(shape, ks, per_sample, dtype):
     outs = _twice(x, params, plan)
     assert torch.equal(outs[0], outs[1]) and not torch.isnan(outs[0]).any()
     assert rel_error(outs[0], x, params) <= TOL[dtype]
-    assert default_wargs(x, [params]) == (not per_sample and dtype != F16)
+    # the default there: a shared network in 2D float32/bfloat16, a launch a sample for 128³ volumes (fourth run)
+    assert default_wargs(x, [params]) == (not per_sample and dtype != F16 or shape == (2, 3, 128, 128, 128))
     loaded = gin_fused(x, params, plan=dataclasses.replace(plan, wargs=False))
     differ = int((loaded != outs[0]).sum())
     assert float((outs[0].double() - loaded.double()).norm() / loaded.double().norm()) <= TOL[dtype], differ

@@ -154,7 +154,8 @@ def test_weights_as_kernel_arguments_one_launch_for_a_shared_network(monkeypatch
 def test_default_plan_passes_a_shared_networks_weights_as_arguments():
     """v1.9's default (third H200 run, bench/NOTES.md): a batch sharing one network in float32 or bfloat16 takes one
     ``wargs`` launch, 3D chunks planned for the batch; a draw a sample, float16, a row too large for arguments or a
-    draw whose CPU copy would take a device sync read the weights from memory. The same bits either way."""
+    draw whose CPU copy would take a device sync read the weights from memory. In 3D also float16 with a shared
+    network and a launch a sample for samples of 128³ voxels or more. The same bits either way."""
     shape, ks = (3, 1, 9, 13), (3, 3, 1)
     shared, own = draw(shape, ks, per_sample=False, seed=5), draw(shape, ks, seed=5)
     x = image_like(shape, F32, seed=6)
@@ -169,6 +170,17 @@ def test_default_plan_passes_a_shared_networks_weights_as_arguments():
     plan = _plan_for(x, [shared], None)
     assert plan.wargs and not _plan_for(x, [own], None).wargs
     assert torch.equal(_run(x, shared), _run(x, shared, dataclasses.replace(plan, wargs=False)))
+    # 3D (the fourth H200 run): a shared network in float16 too, and a launch a sample once a sample is 128³
+    small, large = (2, 3, 5, 6, 7), (2, 3, 128, 128, 128)
+    assert default_wargs(image_like(small, F16, seed=2), [draw(small, ks, per_sample=False, seed=5)])
+    assert not default_wargs(image_like(small, F32, seed=2), [draw(small, ks, seed=5)])
+    own3d = draw(large, (3,) * 4, seed=5)
+    for dtype in (F32, F16, BF16):
+        x3d = torch.empty(large, dtype=dtype, device="meta")  # the rule reads the shape and dtype only
+        assert default_wargs(x3d, [own3d]) and default_wargs(x3d, [own3d, own3d])
+        assert _plan_for(x3d, [own3d], None) == make_plan(large, (3,) * 4, 2, wargs=True)  # the swept plan
+    assert not default_wargs(torch.empty((2, 3, 127, 128, 128), device="meta"), [draw((2, 3, 127, 128, 128),
+                                                                                        (3,) * 4, seed=5)])
     volume = (8, 1, 96, 96, 96)
     batch = make_plan(volume, (3,) * 4, 2, wargs=True, shared_network=True)
     assert batch.wargs and batch.zc == make_plan(volume, (3,) * 4, 2).zc > make_plan(volume, (3,) * 4, 2, wargs=True).zc
