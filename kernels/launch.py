@@ -209,8 +209,8 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     load-store instruction (bench/NOTES.md, v1.9). A launch a sample (and draw), or one for a batch that shares one
     network (``per_sample=False``); 3D chunks are planned for one sample a launch, or for the batch with
     ``shared_network``. They must fit :data:`WARGS_MAX_FLOATS`. :func:`gin_fused` takes them by default for a batch
-    that shares one network and for large 3D samples (:func:`default_wargs`). The sweep (``python -m bench.sweep``) measures the alternatives
-    on a GPU.
+    that shares one network and for large 3D samples (:func:`default_wargs`). The sweep (``python -m bench.sweep``)
+    measures the alternatives on a GPU.
     """
     if wvec not in (None, 1, 4):
         raise ValueError(f"wvec must be 1 or 4, got {wvec}")
