@@ -6,7 +6,6 @@ and exits non-zero if any fails to compile.
 """
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -25,10 +24,9 @@ from .launch import (
     SCALE_BLOCK,
     V15_2D,
     V15_3D,
-    WARGS_MAX_FLOATS,
-    WARGS_SAMPLE_VOXELS,
     Plan,
     arg_floats,
+    default_wargs,
     make_plan,
     stream_args,
     stream_modes,
@@ -40,17 +38,19 @@ _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
 # plans the sweep (bench/sweep.py) times against the defaults: v1.5's, and the 3D weights as kernel arguments
 ALTERNATIVES = {(2, 3, 512, 300): (V15_2D,), (2, 3, 16, 128, 128): (V15_3D, {"wargs": True})}
-SHARED_DEFAULT = {"wargs": True, "shared_network": True}  # the default plan of a batch sharing one network
 
 
 class Shape:
     """Stand-in for :class:`fedgin.GINParams` with just what the launch arguments need."""
 
-    def __init__(self, kernel_sizes: tuple[int, ...], channels: int, interm: int) -> None:
+    has_host_copy = True  # as a draw made on the CPU
+
+    def __init__(self, kernel_sizes: tuple[int, ...], channels: int, interm: int, per_sample: bool = True) -> None:
         from fedgin.params import GINConfig
 
         self.kernel_sizes = kernel_sizes
-        self.config = GINConfig(in_channels=channels, interm_channels=interm, n_layers=len(kernel_sizes))
+        self.config = GINConfig(in_channels=channels, interm_channels=interm, n_layers=len(kernel_sizes),
+                                per_sample=per_sample)
 
 
 def specializations() -> Iterator[tuple[tuple[int, ...], tuple[int, ...], torch.dtype, int, int]]:
@@ -149,12 +149,10 @@ def main() -> int:
         variants = [(mode, {}) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
         if shape in ALTERNATIVES and dtype == torch.float32:  # the default tiles' alternatives in the plan sweep
             variants += [(stream_modes(dtype)[0], overrides) for overrides in ALTERNATIVES[shape]]
-        spatial = len(shape) - 2
-        if arg_floats(c, m, ks, spatial) <= WARGS_MAX_FLOATS:  # the weights as arguments where the default takes them
-            if dtype != torch.float16 or spatial == 3:  # a shared network's default (v1.9, v1.13)
-                variants += [(mode, SHARED_DEFAULT) for mode in stream_modes(dtype)]
-            if spatial == 3 and math.prod(shape[2:]) >= WARGS_SAMPLE_VOXELS:  # a launch a sample (v1.13)
-                variants += [(mode, {"wargs": True}) for mode in stream_modes(dtype)]
+        x = torch.empty(shape, dtype=dtype, device="meta")
+        for per_sample in (False, True):  # the weights as arguments wherever the dispatcher's default takes them
+            if default_wargs(x, [Shape(ks, c, m, per_sample)]):
+                variants += [(mode, {"wargs": True, "shared_network": not per_sample}) for mode in stream_modes(dtype)]
         for mode, overrides in variants:
             label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} {overrides or 'default plan'}"
             plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), **overrides)
