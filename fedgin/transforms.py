@@ -95,10 +95,10 @@ class RandGIN(RandomizableTransform):
             raise ValueError("RandGIN input contains non-finite values (NaN or Inf)")
         n = self.replicate_to
         if n is None or shape[0] == n:
-            return convert_to_tensor(img, track_meta=False) if tensor else img
+            return values if tensor else img
         if shape[0] != 1:
             raise ValueError(f"RandGIN replicate_to={n} needs a 1-channel image, got {shape[0]} channels")
-        return convert_to_tensor(img, track_meta=False).expand(n, *shape[1:]).contiguous()
+        return values.expand(n, *shape[1:]).contiguous()
 
 
 class RandGINd(RandomizableTransform, MapTransform):
