@@ -36,8 +36,11 @@ TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
-# plans the sweep (bench/sweep.py) times against the defaults: v1.5's, and the 3D weights as kernel arguments
-ALTERNATIVES = {(2, 3, 512, 300): (V15_2D,), (2, 3, 16, 128, 128): (V15_3D, {"wargs": True})}
+# plans the sweep (bench/sweep.py) times against the defaults: v1.5's, two planes a step in 2D, the 3D weights as kernel
+# arguments and scalar scratch stores
+ALTERNATIVES = {(2, 3, 512, 300): (V15_2D, {"planes": 2}),
+                (2, 3, 16, 128, 128): (V15_3D, {"wargs": True}, {"scalar_scratch": True},
+                                       {"wargs": True, "scalar_scratch": True})}
 
 
 class Shape:

@@ -1,8 +1,8 @@
 """The fused GIN kernel family (2D and 3D share every line through constexprs).
 
 Layout. A sample is viewed as ``[C, S, P, W]``: 3D volumes as ``[C, D, H, W]``; 2D images as
-``[C, H, 1, W]``. A program owns one tile of ``TH x TW`` lanes and streams it along S, one plane per
-step, pushing each plane through the whole conv stack before it loads the next one:
+``[C, H, 1, W]``. A program owns one tile of ``TH x TW`` lanes and streams it along S, ``SP`` planes
+(usually one) a step, pushing them through the whole conv stack before it loads the next ones:
 
 - 3D: the lanes are a ``TH x TW`` tile of the (H, W) plane; all rows stream the same D chunk.
 - 2D: the lanes are ``TH`` independent row bands of one ``TW``-wide column tile; band ``i``
@@ -76,13 +76,16 @@ def _shift(t, dp: tl.constexpr, dw: tl.constexpr, TH: tl.constexpr, TW: tl.const
 
 
 @triton.jit
-def _scatter(acc, v, g_ptr, wargs, G0: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, WVEC: tl.constexpr,
-             WARGS: tl.constexpr):
-    """Add one shifted input plane ``v`` to all ``COUT x K`` accumulators; ``g_ptr``: the plane's weight group
-    (``acc[co * K + m]``'s weight at ``g_ptr + co * K + m``; COUT x K padded to a multiple of 4, 16-byte aligned).
-    ``WVEC`` 4: 128-bit loads of four weights, one load instruction instead of four (bench/NOTES.md, v1.6).
-    ``WARGS``: the weights are kernel arguments instead, ``wargs[G0 + co * K + m]`` (no load: bench/NOTES.md, v1.9)."""
+def _scatter(acc, vs, g_ptr, wargs, G0: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, SP: tl.constexpr,
+             WVEC: tl.constexpr, WARGS: tl.constexpr):
+    """Add the ``SP`` arriving planes' shifted input planes ``vs`` to the ``COUT x (K + SP - 1)`` accumulators: plane
+    ``s`` adds ``w[co, m] * vs[s]`` to ``acc[co * (K + SP - 1) + s + m]``, so each weight, loaded once, feeds ``SP``
+    multiply-adds a lane. ``g_ptr``: the weight group (``w[co, m]`` at ``g_ptr + co * K + m``; COUT x K padded to a
+    multiple of 4, 16-byte aligned). ``WVEC`` 4: 128-bit loads of four weights, one load instruction instead of four
+    (bench/NOTES.md, v1.6). ``WARGS``: the weights are kernel arguments instead, ``wargs[G0 + co * K + m]`` (no load:
+    bench/NOTES.md, v1.9)."""
     G: tl.constexpr = COUT * K
+    A: tl.constexpr = K + SP - 1
     ws = ()
     if WARGS:
         for i in tl.static_range(G):
@@ -97,75 +100,91 @@ def _scatter(acc, v, g_ptr, wargs, G0: tl.constexpr, COUT: tl.constexpr, K: tl.c
         for i in tl.static_range(G):
             ws = ws + (tl.load(g_ptr + i),)
     new = ()
-    for i in tl.static_range(G):
-        new = new + (acc[i] + ws[i] * v,)
+    for i in tl.static_range(COUT * A):
+        a = acc[i]
+        for s in tl.static_range(SP):
+            if i % A - s >= 0 and i % A - s < K:  # tap m = i % A - s of plane s
+                a = a + ws[(i // A) * K + i % A - s] * vs[s]
+        new = new + (a,)
     return new
 
 
 @triton.jit
-def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, z_done_ok, slope, s_ptr, tile_off, wargs,
+def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S, slope, s_ptr, tile_off, wargs,
            CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
-           LAST: tl.constexpr, W, TH: tl.constexpr, TW: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr,
-           WOFF: tl.constexpr, WARGS: tl.constexpr):
-    """One layer's step: scatter the arriving plane, return (the completed plane, the new pending planes).
+           LAST: tl.constexpr, W, PW, TH: tl.constexpr, TW: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr,
+           SCRATCH: tl.constexpr, WOFF: tl.constexpr, WARGS: tl.constexpr):
+    """One layer's step: scatter the ``SP`` arriving planes, return (the ``SP`` completed planes, the new pending
+    planes).
 
-    ``cur``: the arriving plane (CIN tensors), unused for the first layer, which loads the input at
-    offsets ``xoff`` instead. Weights at ``w_ptr``: one group (:func:`_scatter`) per (input channel, tap along P,
-    tap along W), then the COUT biases (see :func:`fedgin.kernels.launch.pack_params`); with ``WARGS`` the same
-    floats from ``wargs[WOFF:]`` instead. ``SCRATCH``: later
-    layers take their in-plane neighbours from the program's scratch at ``s_ptr`` (the plane stored at the lanes'
-    ``tile_off``, then read back shifted: two barriers a layer) instead of ``tl.gather``; a lane at the tile's
-    edge reads a neighbouring row's or program's value, which, like the clamped gather's, only reaches halo lanes.
+    ``cur``: the arriving planes (``SP x CIN`` tensors, plane-major), unused for the first layer, which loads the
+    input at offsets ``xoff + s * PW`` (masks ``zok[s]``) instead. The completed planes are ``zd .. zd + SP - 1``.
+    Weights at ``w_ptr``: one group (:func:`_scatter`) per (input channel, tap along P, tap along W), then the COUT
+    biases (see :func:`fedgin.kernels.launch.pack_params`); with ``WARGS`` the same floats from ``wargs[WOFF:]``
+    instead. ``SCRATCH``: later layers take their in-plane neighbours from the program's scratch at ``s_ptr`` (the
+    planes stored at the lanes' ``tile_off``, then read back shifted: two barriers a layer) instead of
+    ``tl.gather``; a lane at the tile's edge reads a neighbouring row's or program's value, which, like the
+    clamped gather's, only reaches halo lanes.
     """
     R: tl.constexpr = K // 2
     RP: tl.constexpr = KP // 2
+    A: tl.constexpr = K + SP - 1  # accumulators an output channel: K - 1 pending, SP new
     GP: tl.constexpr = (COUT * K + 3) // 4 * 4  # a weight group: COUT x K padded to 16 bytes
     acc = ()
     for co in tl.static_range(COUT):
-        for m in tl.static_range(K):
+        for m in tl.static_range(A):
             if m < K - 1:
                 acc = acc + (pend[co * (K - 1) + m],)
             else:
                 acc = acc + (tl.full((TH, TW), 0.0, tl.float32),)
     USE_SCRATCH: tl.constexpr = SCRATCH and not FIRST
     if USE_SCRATCH:
-        tl.debug_barrier()  # every lane has read the scratch's last plane
-        for ci in tl.static_range(CIN):
-            tl.store(s_ptr + ci * TH * TW + tile_off, cur[ci])
-        tl.debug_barrier()  # and the new one is all there
+        tl.debug_barrier()  # every lane has read the scratch's last planes
+        for i in tl.static_range(SP * CIN):
+            tl.store(s_ptr + i * TH * TW + tile_off, cur[i])
+        tl.debug_barrier()  # and the new ones are all there
     for ci in tl.static_range(CIN):
         for dwi in tl.static_range(K):
+            vws = ()
             if not FIRST and not USE_SCRATCH:
-                vw = _shift(cur[ci], 0, dwi - R, TH, TW)
+                for s in tl.static_range(SP):
+                    vws = vws + (_shift(cur[s * CIN + ci], 0, dwi - R, TH, TW),)
             for dpi in tl.static_range(KP):
-                if FIRST:
-                    dp = dpi - RP
-                    dw = dwi - R
-                    ok = zok & (prow + dp >= 0) & (prow + dp < P) & (cols + dw >= 0) & (cols + dw < W)
-                    v = tl.load(x_ptr + N * ci + (xoff + (dp * W + dw)), mask=ok, other=0.0).to(tl.float32)
-                elif USE_SCRATCH:
-                    if dpi == RP and dwi == R:
-                        v = cur[ci]
+                vs = ()
+                for s in tl.static_range(SP):
+                    if FIRST:
+                        dp = dpi - RP
+                        dw = dwi - R
+                        ok = zok[s] & (prow + dp >= 0) & (prow + dp < P) & (cols + dw >= 0) & (cols + dw < W)
+                        v = tl.load(x_ptr + N * ci + (xoff + (s * PW + dp * W + dw)), mask=ok,
+                                    other=0.0).to(tl.float32)
+                    elif USE_SCRATCH:
+                        if dpi == RP and dwi == R:
+                            v = cur[s * CIN + ci]
+                        else:
+                            v = tl.load(s_ptr + (s * CIN + ci) * TH * TW + tile_off + ((dpi - RP) * TW + (dwi - R)))
                     else:
-                        v = tl.load(s_ptr + ci * TH * TW + tile_off + ((dpi - RP) * TW + (dwi - R)))
-                else:
-                    v = _shift(vw, dpi - RP, 0, TH, TW)
-                acc = _scatter(acc, v, w_ptr + ((ci * KP + dpi) * K + dwi) * GP, wargs,
-                               WOFF + ((ci * KP + dpi) * K + dwi) * GP, COUT, K, WVEC, WARGS)
+                        v = _shift(vws[s], dpi - RP, 0, TH, TW)
+                    vs = vs + (v,)
+                acc = _scatter(acc, vs, w_ptr + ((ci * KP + dpi) * K + dwi) * GP, wargs,
+                               WOFF + ((ci * KP + dpi) * K + dwi) * GP, COUT, K, SP, WVEC, WARGS)
     BIAS: tl.constexpr = CIN * KP * K * GP
     done = ()
+    for s in tl.static_range(SP):
+        done_ok = (zd + s >= 0) & (zd + s < S)
+        for co in tl.static_range(COUT):
+            if WARGS:
+                h = acc[co * A + s] + wargs[WOFF + BIAS + co]
+            else:
+                h = acc[co * A + s] + tl.load(w_ptr + BIAS + co)
+            if not LAST:
+                h = tl.where(h >= 0, h, h * slope)
+                h = tl.where(plane_ok & done_ok, h, 0.0)  # zero padding for the next layer
+            done = done + (h,)
     new_pend = ()
     for co in tl.static_range(COUT):
-        if WARGS:
-            h = acc[co * K] + wargs[WOFF + BIAS + co]
-        else:
-            h = acc[co * K] + tl.load(w_ptr + BIAS + co)
-        if not LAST:
-            h = tl.where(h >= 0, h, h * slope)
-            h = tl.where(plane_ok & z_done_ok, h, 0.0)  # zero padding for the next layer
-        done = done + (h,)
-        for m in tl.static_range(1, K):
-            new_pend = new_pend + (acc[co * K + m],)
+        for m in tl.static_range(SP, A):
+            new_pend = new_pend + (acc[co * A + m],)
     return done, new_pend
 
 
@@ -177,6 +196,7 @@ def gin_stream_kernel(
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
     FBLOCK: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr, GUARD: tl.constexpr, WARGS: tl.constexpr,
+    SP: tl.constexpr,
 ):
     """GIN over one tile of one sample; grid ``(n_tiles, B, V)``, or ``(n_tiles, 1, 1)`` with ``WARGS``. See the
     module docstring.
@@ -198,7 +218,8 @@ def gin_stream_kernel(
     (:func:`fedgin.kernels.launch.pack_params`), alpha last. ``cnt_ptr``: int32 per row, zero at launch, and
     ``FBLOCK``: elements a step of the finishing program's rescale (``STORE_FINISH`` only). ``WVEC``: weights
     loaded 4 at a time (4) or one by one (1). ``SCRATCH`` (3D): in-plane shifts of the later layers through
-    ``scr_ptr``, ``M x TH x TW`` floats a program after ``GUARD`` floats (see :func:`_layer`).
+    ``scr_ptr``, ``SP x M x TH x TW`` floats a program after ``GUARD`` floats (see :func:`_layer`). ``SP``: planes a
+    step (each weight then feeds ``SP`` multiply-adds a lane; ``n_steps`` covers the chunk and its halo).
     """
     L: tl.constexpr = len(KS)
     C: tl.constexpr = CH[0]
@@ -236,7 +257,7 @@ def gin_stream_kernel(
     x_b = x_ptr + sample_base(b, 0, C, N)
     o_b = out_ptr + sample_base(v * view_step * nb + b, 0, C, N)
     p_b = prm_ptr + row.to(tl.int64) * prm_stride
-    s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * (CH[1] * TH * TW)
+    s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * (SP * CH[1] * TH * TW)
     tile_off = rows * TW + tl.arange(0, TW)[None, :]
     if WARGS:  # prm_ptr: the rows' alphas
         alpha = tl.load(prm_ptr + row)
@@ -258,34 +279,37 @@ def gin_stream_kernel(
     acc_m = tl.full((TH, TW), 0.0, tl.float32)
 
     for t in range(n_steps):
-        z = zlo - RS + t  # coordinate of the arriving input plane, [TH, 1]
-        zok = (z >= 0) & (z < S)
+        z = zlo - RS + t * SP  # coordinate of the first arriving input plane, [TH, 1]
+        zok = ()
+        for s in tl.static_range(SP):
+            zok = zok + ((z + s >= 0) & (z + s < S),)
         xoff = z * PW + xoff0
         cur = ()
         new_pend = ()
         zd = z
         for l in tl.static_range(L):
-            zd = zd - KS[l] // 2  # coordinate of the plane this layer completes
+            zd = zd - KS[l] // 2  # coordinate of the first plane this layer completes
             w_ptr = p_b + OFF[l]
-            cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok,
-                             (zd >= 0) & (zd < S), slope, s_b, tile_off, wargs, CH[l], CH[l + 1], KS[l], KPS[l],
-                             l == 0, l == L - 1, W, TH, TW, WVEC, SCRATCH, OFF[l], WARGS)
+            cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok, zd, S, slope, s_b,
+                             tile_off, wargs, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1, W, PW, TH, TW, SP,
+                             WVEC, SCRATCH, OFF[l], WARGS)
             new_pend = new_pend + (lp,)
         pend = new_pend
-        # zd == z - RS: the output plane that just completed
-        keep = own & (zd >= zlo) & (zd < zhi)
-        ooff = zd * PW + xoff0
-        for c in tl.static_range(C):
-            xv = tl.load(x_b + N64 * c + ooff, mask=keep, other=0.0).to(tl.float32)
-            mixed = alpha * cur[c] + (1.0 - alpha) * xv
-            mixed = tl.where(keep, mixed, 0.0)
-            if MODE != STORE_SCALED:
-                acc_x += xv * xv
-                acc_m += mixed * mixed
-            if MODE == STORE_UNSCALED or MODE == STORE_FINISH:
-                tl.store(o_b + N64 * c + ooff, mixed.to(out_ptr.dtype.element_ty), mask=keep)
-            if MODE == STORE_SCALED:
-                tl.store(o_b + N64 * c + ooff, (mixed * scale).to(out_ptr.dtype.element_ty), mask=keep)
+        for s in tl.static_range(SP):
+            # zd + s == z + s - RS: an output plane that just completed
+            keep = own & (zd + s >= zlo) & (zd + s < zhi)
+            ooff = (zd + s) * PW + xoff0
+            for c in tl.static_range(C):
+                xv = tl.load(x_b + N64 * c + ooff, mask=keep, other=0.0).to(tl.float32)
+                mixed = alpha * cur[s * C + c] + (1.0 - alpha) * xv
+                mixed = tl.where(keep, mixed, 0.0)
+                if MODE != STORE_SCALED:
+                    acc_x += xv * xv
+                    acc_m += mixed * mixed
+                if MODE == STORE_UNSCALED or MODE == STORE_FINISH:
+                    tl.store(o_b + N64 * c + ooff, mixed.to(out_ptr.dtype.element_ty), mask=keep)
+                if MODE == STORE_SCALED:
+                    tl.store(o_b + N64 * c + ooff, (mixed * scale).to(out_ptr.dtype.element_ty), mask=keep)
         if MODE == NORMS_ONLY:
             # no store in this loop: the compiler would hoist every weight load out of it (550 in 3D) and spill
             # (bench/NOTES.md); the barrier keeps them in the loop, as the stores do in the other modes

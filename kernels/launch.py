@@ -70,6 +70,8 @@ class Plan:
     wvec: int = 1  # weights loaded one by one, or 4 at a time (128-bit loads; the 2D default since v1.8)
     scratch: bool = False  # 3D: later layers' in-plane shifts through a per-program scratch (the default since v1.8)
     wargs: bool = False  # weights and biases as kernel arguments: a launch a sample, or a batch sharing one (v1.9)
+    planes: int = 1  # planes a stream step: each weight feeds this many multiply-adds a lane (v1.14)
+    scalar_scratch: bool = False  # 3D scratch stores a float at a time: no layout conversion in the loop (v1.14)
 
     @property
     def n_tiles(self) -> int:
@@ -183,7 +185,8 @@ def _stream_chunk(depth: int, tiles_per_chunk: int, halo: int, slots: int) -> in
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
               maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int | None = None,
-              scratch: bool | None = None, wargs: bool = False, shared_network: bool = False) -> Plan:
+              scratch: bool | None = None, wargs: bool = False, shared_network: bool = False,
+              planes: int = 1, scalar_scratch: bool = False) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 32 columns, 64 in a heavy stack; 3D up
     to 32 x 32); 2D streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
@@ -205,6 +208,11 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     weights 4 at a time (a quarter of the weight-load instructions, more registers: bench/NOTES.md, v1.6), ``wvec=1``
     one at a time; ``scratch`` (3D only) shifts the later layers' planes through a per-program scratch,
     ``scratch=False`` through ``tl.gather`` (the same values; on a GPU not always the same bits: NOTES v1.8).
+    ``planes`` (1 to 4): planes a stream step pushes through the stack together, so each weight and bias (loaded, or
+    an argument) and each barrier serves that many planes (bench/NOTES.md, v1.14); the steps cover the chunk and
+    its halo in ``ceil((zc + 2 * halo) / planes)``. ``scalar_scratch``: the scratch's stores a float at a time, so
+    the tiles keep one layout throughout the loop: with 8-byte scratch stores Triton converts each output channel's
+    tile to the output store's layout through shared memory, two barriers a channel a step (bench/NOTES.md, v1.14).
     ``wargs`` passes the weights and biases as kernel arguments: they reach the FMAs from the constant bank, with no
     load-store instruction (bench/NOTES.md, v1.9). A launch a sample (and draw), or one for a batch that shares one
     network (``per_sample=False``); 3D chunks are planned for one sample a launch, or for the batch with
@@ -214,16 +222,22 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     """
     if wvec not in (None, 1, 4):
         raise ValueError(f"wvec must be 1 or 4, got {wvec}")
+    if planes not in (1, 2, 3, 4):
+        raise ValueError(f"planes must be 1 to 4, got {planes}")
     if wargs:
         _wargs_fit(shape[1], interm, tuple(kernel_sizes), len(shape) - 2)
-    return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
-                      wvec, scratch, wargs, wargs and shared_network)
+    plan = _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
+                      wvec, scratch, wargs, wargs and shared_network, planes, scalar_scratch)
+    if scalar_scratch and not plan.scratch:
+        raise ValueError("scalar_scratch needs a plan with the scratch (3D)")
+    return plan
 
 
 @functools.lru_cache(maxsize=256)  # a training loop calls with a handful of shapes: plan each once
 def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
                zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int,
-               wvec: int | None, scratch: bool | None, wargs: bool, shared: bool) -> Plan:
+               wvec: int | None, scratch: bool | None, wargs: bool, shared: bool, planes: int,
+               scalar_scratch: bool) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
@@ -253,7 +267,8 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
         n_zt = triton.cdiv(d, zc)
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
         maxnreg = min(255, 65536 // (32 * num_warps))
-    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec, scratch, wargs)
+    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec, scratch, wargs, planes,
+                scalar_scratch)
 
 
 @functools.cache
@@ -322,13 +337,13 @@ def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan) -
     ch = [cfg.in_channels] + [cout for _, cout in cfg.channels()]
     off = _layer_offsets(cfg.in_channels, cfg.interm_channels, ks, spatial_dims)
     return dict(
-        S=s, P=p, W=w, zc=plan.zc, n_steps=plan.zc + 2 * rs, n_wt=plan.n_wt, n_pt=plan.n_pt,
+        S=s, P=p, W=w, zc=plan.zc, n_steps=-(-(plan.zc + 2 * rs) // plan.planes), n_wt=plan.n_wt, n_pt=plan.n_pt,
         n_tiles=plan.n_tiles, view_step=1, nb=shape[0], b0=0, v0=0, slope=float(cfg.slope),
         eps=float(cfg.eps), wargs=(), WARGS=plan.wargs,
         CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
-        SCRATCH=plan.scratch, GUARD=scratch_guard(plan), num_warps=plan.num_warps,
+        SCRATCH=plan.scratch, GUARD=scratch_guard(plan), SP=plan.planes, num_warps=plan.num_warps,
         # the scratch is read back after a barrier: no software pipelining may move those loads
         **({"num_stages": 1} if plan.scratch else {}),
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
@@ -336,8 +351,10 @@ def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan) -
 
 
 def scratch_guard(plan: Plan) -> int:
-    """Floats before and after the scratch: a shift of up to 2 (5x5 kernels) from the first or last lane."""
-    return 2 * plan.tw + 2
+    """Floats before and after the scratch: a shift of up to 2 (5x5 kernels) from the first or last lane. Even, the
+    scratch's stores are known 8-byte aligned, and Triton 3.6 lays the tiles out two columns a thread for them; odd
+    (``Plan.scalar_scratch``), a float at a time, in the layout of the output's unaligned stores."""
+    return 2 * plan.tw + (3 if plan.scalar_scratch else 2)
 
 
 def _check_out(out: Tensor | None, x: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -412,7 +429,7 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
            else part.view(torch.int32))
     scratch = part  # read only with plan.scratch
     if plan.scratch:
-        region = first.config.interm_channels * plan.th * plan.tw
+        region = plan.planes * first.config.interm_channels * plan.th * plan.tw
         # zeroed: an edge lane's read of a region not yet written (or of a guard) gives a finite halo value
         scratch = torch.zeros(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32,
                               device=x.device)

@@ -66,8 +66,8 @@ from fedgin.bench.cases import Case
 from fedgin.kernels import aot, make_plan
 case = Case(2, 3, (70, 20))
 rows = []
-for wvec in (1, 4):
-    plan = make_plan(case.shape, case.kernel_sizes, case.interm, wvec=wvec)
+for wvec, planes in ((1, 1), (4, 1), (4, 2)):
+    plan = make_plan(case.shape, case.kernel_sizes, case.interm, wvec=wvec, planes=planes)
     _, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, 3, 2, 0, plan)
     ops = sass.plane_loop(sass.disassemble(compiled.asm["cubin"]))
     names = [sass.base(op) for op in ops]
@@ -76,20 +76,54 @@ print(json.dumps(rows))
 """
 
 
-def test_plane_loop_of_a_compiled_stream_kernel():
-    """The loop found holds one FFMA a MAC a lane (and the mix's three a channel); four weights a load cut its
-    global loads by over 2x."""
+def _compile(script: str) -> list[dict]:
+    """The JSON rows ``script`` prints, run in a subprocess that compiles for sm_90 (no TRITON_INTERPRET)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
-    one, four = json.loads(res.stdout.splitlines()[-1])
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+def test_plane_loop_of_a_compiled_stream_kernel():
+    """The loop found holds one FFMA a MAC a lane (and the mix's three a channel) for each plane of a step; four
+    weights a load cut its global loads by over 2x; two planes a step take half the steps and load each weight once
+    for both (fewer than twice one plane's loads, though the input's are twice as many)."""
+    one, four, two_planes = _compile(COMPILE)
     plan = make_plan((2, 3, 70, 20), (3, 3, 3, 3), 2)
     lanes = plan.th * plan.tw // (32 * plan.num_warps)
     macs = 9 * (3 * 2 + 2 * 2 + 2 * 2 + 2 * 3)
-    for row in (one, four):
-        assert row["FFMA"] == lanes * (macs + 3 * 3), row
-        assert row["loop"]["fp32"] >= row["FFMA"] and row["bound_us"] > 0 and row["steps"] == plan.zc + 8
-    assert one["LDG"] > 2 * four["LDG"]
+    for row, planes in ((one, 1), (four, 1), (two_planes, 2)):
+        assert row["FFMA"] == planes * lanes * (macs + 3 * 3), row
+        assert row["loop"]["fp32"] >= row["FFMA"] and row["bound_us"] > 0
+        assert row["steps"] == -(-(plan.zc + 8) // planes)
+    assert one["LDG"] > 2 * four["LDG"] and four["LDG"] < two_planes["LDG"] < 2 * four["LDG"]
+
+
+LAYOUTS = """
+import json
+from fedgin.bench import sass
+from fedgin.bench.cases import Case
+from fedgin.kernels import aot, make_plan
+case = Case(2, 3, (26, 128, 128))
+rows = []
+for scalar in (False, True):
+    plan = make_plan(case.shape, case.kernel_sizes, case.interm, wargs=True, scalar_scratch=scalar)
+    _, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, 3, 2, 0, plan)
+    names = [sass.base(op) for op in sass.plane_loop(sass.disassemble(compiled.asm["cubin"]))]
+    rows.append({"converts": compiled.asm["ttgir"].count("ttg.convert_layout"), "BAR": names.count("BAR"),
+                 "STS": names.count("STS"), "FFMA": names.count("FFMA")})
+print(json.dumps(rows))
+"""
+
+
+def test_scalar_scratch_keeps_one_layout_in_the_3d_loop():
+    """The 3D scratch's 8-byte stores make Triton 3.6 convert each output channel's tile through shared memory
+    before its store (two barriers each); scalar scratch stores leave one layout and a barrier pair a later layer."""
+    aligned, scalar = _compile(LAYOUTS)
+    later_layers, channels = 3, 3
+    assert aligned["converts"] == channels and aligned["BAR"] == 2 * later_layers + 2 * channels - 1, aligned
+    assert scalar["converts"] == 0 and scalar["BAR"] == 2 * later_layers and scalar["STS"] == 0, scalar
+    assert aligned["FFMA"] == scalar["FFMA"]
 
 
 def test_calibrate_divides_each_timed_row_by_its_bound(monkeypatch):

@@ -107,13 +107,17 @@ def test_weights_four_at_a_time_give_the_same_output(shape, ks, interm, dtype):
 ])
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
 def test_scratch_shifts_give_the_same_output_as_gathers(shape, ks, interm, dtype, th):
-    """3D ``scratch=True`` (later layers' in-plane neighbours stored and read back) against ``tl.gather``."""
+    """3D ``scratch=True`` (later layers' in-plane neighbours stored and read back) against ``tl.gather``; stored a
+    float at a time (``scalar_scratch``: an odd guard) the same."""
     params = draw(shape, ks, interm, seed=3)
     x = image_like(shape, dtype, seed=4)
     gather, scratch = (_run(x, params, make_plan(shape, ks, interm, th=th, scratch=s)) for s in (False, True))
     assert not torch.isnan(scratch).any() and torch.equal(gather, scratch)
     assert rel_error(scratch, x, params) <= TOL[dtype]
+    assert torch.equal(scratch, _run(x, params, make_plan(shape, ks, interm, th=th, scalar_scratch=True)))
     assert not make_plan((1, 1, 8, 8), ks, interm, scratch=True).scratch  # 2D: no shift crosses warps
+    with pytest.raises(ValueError, match="scalar_scratch needs a plan with the scratch"):
+        make_plan((1, 1, 8, 8), ks, interm, scalar_scratch=True)
 
 
 @pytest.mark.parametrize("shape,ks,interm,dtype", [
@@ -133,6 +137,35 @@ def test_weights_as_kernel_arguments_give_the_same_output(monkeypatch, shape, ks
     assert launched.count("gin_stream_kernel") == (2 if dtype == F16 else 1) * shape[0]
     assert not torch.isnan(args).any() and torch.equal(loaded, args)
     assert rel_error(args, x, params) <= TOL[dtype]
+
+
+PLANES = [  # shape, kernel sizes, interm, dtype, plan overrides, planes a step
+    ((1, 3, 11, 13), (3, 3, 3, 3), 2, F32, {"th": 2, "tw": 16, "zc": 5}, 2),  # 2D bands; 5 + 8 rows in 7 steps
+    ((1, 2, 13, 29), (3, 1, 5), 2, BF16, {"th": 2, "tw": 16, "zc": 3}, 3),  # band and tile borders, a 5-tap layer
+    ((1, 1, 5, 11, 13), (3, 3), 2, F32, {"th": 8, "tw": 8, "zc": 2}, 3),  # 3D gathers, chunks of 2 in steps of 3
+    ((1, 2, 5, 13, 11), (3, 1, 3), 2, F32, {"th": 8, "scratch": True}, 2),  # 3D scratch: two planes a region
+    ((2, 2, 5, 9, 7), (3, 3, 3), 2, F32, {"wargs": True}, 2),  # weights as arguments, a launch a sample
+    ((1, 1, 3, 6, 5), (3, 3), 2, F16, {}, 2),  # float16: both passes
+    ((1, 3, 11, 37), (3, 3, 3), 2, F32, {"th": 2, "tw": 16, "zc": 4, "finish": True}, 4),  # one launch
+]
+
+
+@pytest.mark.parametrize("shape,ks,interm,dtype,overrides,planes", PLANES,
+                         ids=[f"{c[0]}-{c[3]}-{c[5]}" for c in PLANES])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
+def test_several_planes_a_step_match_the_reference(shape, ks, interm, dtype, overrides, planes):
+    """``planes``: a step pushes several planes through the stack (each weight feeds that many multiply-adds a
+    lane); chunks whose length with the halo is no multiple of it; the same tolerance as one plane a step."""
+    params = draw(shape, ks, interm, seed=7)
+    x = image_like(shape, dtype, seed=8)
+    plan = make_plan(shape, ks, interm, planes=planes, **overrides)
+    assert plan.planes == planes and plan == dataclasses.replace(make_plan(shape, ks, interm, **overrides),
+                                                                 planes=planes)
+    one, several = _run(x, params, dataclasses.replace(plan, planes=1)), _run(x, params, plan)
+    assert rel_error(several, x, params) <= TOL[dtype]
+    assert (several.double() - one.double()).norm() <= TOL[dtype] * one.double().norm()
+    with pytest.raises(ValueError, match="planes must be 1 to 4"):
+        make_plan(shape, ks, interm, planes=5)
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 9, 13), (2, 1, 3, 6, 5)])
