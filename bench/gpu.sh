@@ -22,10 +22,10 @@
 # Knobs: GPU_SH_STEPS (default "tests host sweep bench"; host: python -m bench.host_cost into bench.log, at most
 # GPU_SH_HOST_S, default 90 s; GPU_SH_TESTS_K: a pytest -k expression that picks GPU tests; add
 # ncu for Nsight Compute on the two headline stream kernels, GPU_SH_NCU_S each, default 60 s, into bench.log: the
-# second run had it), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 150 s: the
-# second run's reached ~45 of 57, and the sweep checks its plans against float64 too), GPU_SH_TEST_WORKERS
-# (pytest-xdist workers, default 8), GPU_SH_SWEEP_S (the most the sweep takes, default 240 s; it runs before the
-# suite, which gets the rest), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this script, where the
+# second run had it), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 120 s: the
+# fourth run's 150 s reached 50, and the sweep checks its plans against float64 too), GPU_SH_TEST_WORKERS
+# (pytest-xdist workers, default 8), GPU_SH_SWEEP_S (the most the sweep takes, default 300 s: v1.14's 2D and 3D
+# float32 candidates; it runs before the suite, which gets the rest), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this script, where the
 # sweep checks its stand-in plans through Triton's interpreter).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,8 +34,8 @@ OUT=${OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 TOTAL_S=${GPU_SH_BUDGET_S:-520}
-TESTS_S=${GPU_SH_TESTS_S:-150}
-SWEEP_S=${GPU_SH_SWEEP_S:-240}
+TESTS_S=${GPU_SH_TESTS_S:-120}
+SWEEP_S=${GPU_SH_SWEEP_S:-300}
 PRESET=${GPU_SH_PRESET:-paper}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT

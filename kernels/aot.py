@@ -37,10 +37,11 @@ _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
 # plans the sweep (bench/sweep.py) times against the defaults: v1.5's, two planes a step in 2D, the 3D weights as kernel
-# arguments and scalar scratch stores
+# arguments, with scalar scratch stores, skewed layers or both
 ALTERNATIVES = {(2, 3, 512, 300): (V15_2D, {"planes": 2}),
-                (2, 3, 16, 128, 128): (V15_3D, {"wargs": True}, {"scalar_scratch": True},
-                                       {"wargs": True, "scalar_scratch": True})}
+                (2, 3, 16, 128, 128): (V15_3D, {"wargs": True}, {"wargs": True, "scalar_scratch": True},
+                                       {"wargs": True, "skew": True},
+                                       {"wargs": True, "skew": True, "scalar_scratch": True})}
 
 
 class Shape:

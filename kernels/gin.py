@@ -110,10 +110,10 @@ def _scatter(acc, vs, g_ptr, wargs, G0: tl.constexpr, COUT: tl.constexpr, K: tl.
 
 
 @triton.jit
-def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S, slope, s_ptr, tile_off, wargs,
+def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S, slope, s_ptr, n_ptr, tile_off, wargs,
            CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
            LAST: tl.constexpr, W, PW, TH: tl.constexpr, TW: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr,
-           SCRATCH: tl.constexpr, WOFF: tl.constexpr, WARGS: tl.constexpr):
+           SCRATCH: tl.constexpr, WOFF: tl.constexpr, WARGS: tl.constexpr, SKEW: tl.constexpr):
     """One layer's step: scatter the ``SP`` arriving planes, return (the ``SP`` completed planes, the new pending
     planes).
 
@@ -124,7 +124,9 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S
     instead. ``SCRATCH``: later layers take their in-plane neighbours from the program's scratch at ``s_ptr`` (the
     planes stored at the lanes' ``tile_off``, then read back shifted: two barriers a layer) instead of
     ``tl.gather``; a lane at the tile's edge reads a neighbouring row's or program's value, which, like the
-    clamped gather's, only reaches halo lanes.
+    clamped gather's, only reaches halo lanes. ``SKEW``: ``s_ptr`` already holds the arriving plane, stored by the layer
+    before in the last step (``cur`` unused; no barrier here: one ends each step), and the completed plane is stored at
+    ``n_ptr`` for the next layer's next step.
     """
     R: tl.constexpr = K // 2
     RP: tl.constexpr = KP // 2
@@ -138,7 +140,7 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S
             else:
                 acc = acc + (tl.full((TH, TW), 0.0, tl.float32),)
     USE_SCRATCH: tl.constexpr = SCRATCH and not FIRST
-    if USE_SCRATCH:
+    if USE_SCRATCH and not SKEW:
         tl.debug_barrier()  # every lane has read the scratch's last planes
         for i in tl.static_range(SP * CIN):
             tl.store(s_ptr + i * TH * TW + tile_off, cur[i])
@@ -159,7 +161,7 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S
                         v = tl.load(x_ptr + N * ci + (xoff + (s * PW + dp * W + dw)), mask=ok,
                                     other=0.0).to(tl.float32)
                     elif USE_SCRATCH:
-                        if dpi == RP and dwi == R:
+                        if dpi == RP and dwi == R and not SKEW:
                             v = cur[s * CIN + ci]
                         else:
                             v = tl.load(s_ptr + (s * CIN + ci) * TH * TW + tile_off + ((dpi - RP) * TW + (dwi - R)))
@@ -181,6 +183,9 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S
                 h = tl.where(h >= 0, h, h * slope)
                 h = tl.where(plane_ok & done_ok, h, 0.0)  # zero padding for the next layer
             done = done + (h,)
+    if SKEW and not LAST:
+        for i in tl.static_range(COUT):
+            tl.store(n_ptr + i * TH * TW + tile_off, done[i])
     new_pend = ()
     for co in tl.static_range(COUT):
         for m in tl.static_range(SP, A):
@@ -196,7 +201,7 @@ def gin_stream_kernel(
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
     FBLOCK: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr, GUARD: tl.constexpr, WARGS: tl.constexpr,
-    SP: tl.constexpr,
+    SP: tl.constexpr, SKEW: tl.constexpr,
 ):
     """GIN over one tile of one sample; grid ``(n_tiles, B, V)``, or ``(n_tiles, 1, 1)`` with ``WARGS``. See the
     module docstring.
@@ -219,7 +224,10 @@ def gin_stream_kernel(
     ``FBLOCK``: elements a step of the finishing program's rescale (``STORE_FINISH`` only). ``WVEC``: weights
     loaded 4 at a time (4) or one by one (1). ``SCRATCH`` (3D): in-plane shifts of the later layers through
     ``scr_ptr``, ``SP x M x TH x TW`` floats a program after ``GUARD`` floats (see :func:`_layer`). ``SP``: planes a
-    step (each weight then feeds ``SP`` multiply-adds a lane; ``n_steps`` covers the chunk and its halo).
+    step (each weight then feeds ``SP`` multiply-adds a lane; ``n_steps`` covers the chunk and its halo). ``SKEW``
+    (with ``SCRATCH``, one plane a step): layer ``l`` takes, in step ``t``, the plane layer ``l - 1`` completed and
+    stored in step ``t - 1`` (regions ``2 (l - 1) + t % 2``: ``2 (L - 1)`` of ``M x TH x TW`` floats a program), so
+    one barrier a step orders every layer's scratch traffic; ``n_steps`` is ``L - 1`` longer.
     """
     L: tl.constexpr = len(KS)
     C: tl.constexpr = CH[0]
@@ -257,7 +265,9 @@ def gin_stream_kernel(
     x_b = x_ptr + sample_base(b, 0, C, N)
     o_b = out_ptr + sample_base(v * view_step * nb + b, 0, C, N)
     p_b = prm_ptr + row.to(tl.int64) * prm_stride
-    s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * (SP * CH[1] * TH * TW)
+    REGION: tl.constexpr = CH[1] * TH * TW  # one plane of a later layer's input channels
+    REGIONS: tl.constexpr = 2 * (L - 1) if SKEW else SP
+    s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * (REGIONS * REGION)
     tile_off = rows * TW + tl.arange(0, TW)[None, :]
     if WARGS:  # prm_ptr: the rows' alphas
         alpha = tl.load(prm_ptr + row)
@@ -288,11 +298,16 @@ def gin_stream_kernel(
         new_pend = ()
         zd = z
         for l in tl.static_range(L):
+            r_b = s_b
+            if SKEW and l > 0:  # the plane the layer before completed in the last step, from its region
+                zd = zd - 1
+                r_b = s_b + (2 * (l - 1) + (t + 1) % 2) * REGION
             zd = zd - KS[l] // 2  # coordinate of the first plane this layer completes
             w_ptr = p_b + OFF[l]
-            cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok, zd, S, slope, s_b,
-                             tile_off, wargs, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1, W, PW, TH, TW, SP,
-                             WVEC, SCRATCH, OFF[l], WARGS)
+            n_b = s_b + (2 * l + t % 2) * REGION  # SKEW: for the next layer, in the next step
+            cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok, zd, S, slope, r_b,
+                             n_b, tile_off, wargs, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1, W, PW, TH, TW,
+                             SP, WVEC, SCRATCH, OFF[l], WARGS, SKEW)
             new_pend = new_pend + (lp,)
         pend = new_pend
         for s in tl.static_range(SP):
@@ -310,9 +325,11 @@ def gin_stream_kernel(
                     tl.store(o_b + N64 * c + ooff, mixed.to(out_ptr.dtype.element_ty), mask=keep)
                 if MODE == STORE_SCALED:
                     tl.store(o_b + N64 * c + ooff, (mixed * scale).to(out_ptr.dtype.element_ty), mask=keep)
-        if MODE == NORMS_ONLY:
-            # no store in this loop: the compiler would hoist every weight load out of it (550 in 3D) and spill
-            # (bench/NOTES.md); the barrier keeps them in the loop, as the stores do in the other modes
+        if MODE == NORMS_ONLY or SKEW:
+            # SKEW: the step's stores to the scratch are all there for the next step's reads, and its reads are done
+            # before the step after overwrites their regions. NORMS_ONLY: no store in this loop, so the compiler
+            # would hoist every weight load out of it (550 in 3D) and spill (bench/NOTES.md); the barrier keeps them
+            # in the loop, as the stores do in the other modes
             tl.debug_barrier()
 
     if MODE != STORE_SCALED:

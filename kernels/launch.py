@@ -72,6 +72,7 @@ class Plan:
     wargs: bool = False  # weights and biases as kernel arguments: a launch a sample, or a batch sharing one (v1.9)
     planes: int = 1  # planes a stream step: each weight feeds this many multiply-adds a lane (v1.14)
     scalar_scratch: bool = False  # 3D scratch stores a float at a time: no layout conversion in the loop (v1.14)
+    skew: bool = False  # 3D scratch: each later layer a step behind the one before it, one barrier a step (v1.14)
 
     @property
     def n_tiles(self) -> int:
@@ -186,7 +187,7 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
               maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int | None = None,
               scratch: bool | None = None, wargs: bool = False, shared_network: bool = False,
-              planes: int = 1, scalar_scratch: bool = False) -> Plan:
+              planes: int = 1, scalar_scratch: bool = False, skew: bool = False) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 32 columns, 64 in a heavy stack; 3D up
     to 32 x 32); 2D streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
@@ -213,6 +214,9 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     its halo in ``ceil((zc + 2 * halo) / planes)``. ``scalar_scratch``: the scratch's stores a float at a time, so
     the tiles keep one layout throughout the loop: with 8-byte scratch stores Triton converts each output channel's
     tile to the output store's layout through shared memory, two barriers a channel a step (bench/NOTES.md, v1.14).
+    ``skew`` (3D scratch, one plane a step): each later layer reads the plane the layer before it stored in the
+    previous step, from double-buffered regions, so one barrier a step replaces two a later layer, for ``L - 1`` more
+    warm-up steps a chunk.
     ``wargs`` passes the weights and biases as kernel arguments: they reach the FMAs from the constant bank, with no
     load-store instruction (bench/NOTES.md, v1.9). A launch a sample (and draw), or one for a batch that shares one
     network (``per_sample=False``); 3D chunks are planned for one sample a launch, or for the batch with
@@ -227,9 +231,11 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     if wargs:
         _wargs_fit(shape[1], interm, tuple(kernel_sizes), len(shape) - 2)
     plan = _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
-                      wvec, scratch, wargs, wargs and shared_network, planes, scalar_scratch)
-    if scalar_scratch and not plan.scratch:
-        raise ValueError("scalar_scratch needs a plan with the scratch (3D)")
+                      wvec, scratch, wargs, wargs and shared_network, planes, scalar_scratch, skew)
+    if (scalar_scratch or skew) and not plan.scratch:
+        raise ValueError("scalar_scratch and skew need a plan with the scratch (3D)")
+    if skew and planes != 1:
+        raise ValueError("skew takes one plane a step")
     return plan
 
 
@@ -237,7 +243,7 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
 def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
                zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int,
                wvec: int | None, scratch: bool | None, wargs: bool, shared: bool, planes: int,
-               scalar_scratch: bool) -> Plan:
+               scalar_scratch: bool, skew: bool) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
@@ -268,7 +274,7 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
         maxnreg = min(255, 65536 // (32 * num_warps))
     return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec, scratch, wargs, planes,
-                scalar_scratch)
+                scalar_scratch, skew)
 
 
 @functools.cache
@@ -337,13 +343,14 @@ def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan) -
     ch = [cfg.in_channels] + [cout for _, cout in cfg.channels()]
     off = _layer_offsets(cfg.in_channels, cfg.interm_channels, ks, spatial_dims)
     return dict(
-        S=s, P=p, W=w, zc=plan.zc, n_steps=-(-(plan.zc + 2 * rs) // plan.planes), n_wt=plan.n_wt, n_pt=plan.n_pt,
+        S=s, P=p, W=w, zc=plan.zc, n_steps=-(-(plan.zc + 2 * rs) // plan.planes) + (len(ks) - 1) * plan.skew,
+        n_wt=plan.n_wt, n_pt=plan.n_pt,
         n_tiles=plan.n_tiles, view_step=1, nb=shape[0], b0=0, v0=0, slope=float(cfg.slope),
         eps=float(cfg.eps), wargs=(), WARGS=plan.wargs,
         CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
-        SCRATCH=plan.scratch, GUARD=scratch_guard(plan), SP=plan.planes, num_warps=plan.num_warps,
+        SCRATCH=plan.scratch, GUARD=scratch_guard(plan), SP=plan.planes, SKEW=plan.skew, num_warps=plan.num_warps,
         # the scratch is read back after a barrier: no software pipelining may move those loads
         **({"num_stages": 1} if plan.scratch else {}),
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
@@ -429,7 +436,8 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
            else part.view(torch.int32))
     scratch = part  # read only with plan.scratch
     if plan.scratch:
-        region = plan.planes * first.config.interm_channels * plan.th * plan.tw
+        regions = 2 * (len(first.kernel_sizes) - 1) if plan.skew else plan.planes
+        region = regions * first.config.interm_channels * plan.th * plan.tw
         # zeroed: an edge lane's read of a region not yet written (or of a guard) gives a finite halo value
         scratch = torch.zeros(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32,
                               device=x.device)

@@ -106,8 +106,8 @@ from fedgin.bench.cases import Case
 from fedgin.kernels import aot, make_plan
 case = Case(2, 3, (26, 128, 128))
 rows = []
-for scalar in (False, True):
-    plan = make_plan(case.shape, case.kernel_sizes, case.interm, wargs=True, scalar_scratch=scalar)
+for scalar, skew in ((False, False), (True, False), (True, True)):
+    plan = make_plan(case.shape, case.kernel_sizes, case.interm, wargs=True, scalar_scratch=scalar, skew=skew)
     _, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, 3, 2, 0, plan)
     names = [sass.base(op) for op in sass.plane_loop(sass.disassemble(compiled.asm["cubin"]))]
     rows.append({"converts": compiled.asm["ttgir"].count("ttg.convert_layout"), "BAR": names.count("BAR"),
@@ -116,14 +116,16 @@ print(json.dumps(rows))
 """
 
 
-def test_scalar_scratch_keeps_one_layout_in_the_3d_loop():
+def test_3d_loop_barriers_follow_the_scratch_options():
     """The 3D scratch's 8-byte stores make Triton 3.6 convert each output channel's tile through shared memory
-    before its store (two barriers each); scalar scratch stores leave one layout and a barrier pair a later layer."""
-    aligned, scalar = _compile(LAYOUTS)
+    before its store (two barriers each); scalar scratch stores leave one layout and a barrier pair a later layer;
+    skewed layers, one barrier a step. The same multiply-adds each time."""
+    aligned, scalar, skewed = _compile(LAYOUTS)
     later_layers, channels = 3, 3
     assert aligned["converts"] == channels and aligned["BAR"] == 2 * later_layers + 2 * channels - 1, aligned
     assert scalar["converts"] == 0 and scalar["BAR"] == 2 * later_layers and scalar["STS"] == 0, scalar
-    assert aligned["FFMA"] == scalar["FFMA"]
+    assert skewed["converts"] == 0 and skewed["BAR"] == 1, skewed
+    assert aligned["FFMA"] == scalar["FFMA"] == skewed["FFMA"]
 
 
 def test_calibrate_divides_each_timed_row_by_its_bound(monkeypatch):

@@ -21,6 +21,7 @@ from fedgin.kernels.launch import (
     arg_floats,
     default_wargs,
     pack_params,
+    stream_args,
 )
 
 from kernel_cases import TOL, assert_plan_covers, count_launches, draw, image_like, rel_error
@@ -116,7 +117,7 @@ def test_scratch_shifts_give_the_same_output_as_gathers(shape, ks, interm, dtype
     assert rel_error(scratch, x, params) <= TOL[dtype]
     assert torch.equal(scratch, _run(x, params, make_plan(shape, ks, interm, th=th, scalar_scratch=True)))
     assert not make_plan((1, 1, 8, 8), ks, interm, scratch=True).scratch  # 2D: no shift crosses warps
-    with pytest.raises(ValueError, match="scalar_scratch needs a plan with the scratch"):
+    with pytest.raises(ValueError, match="scalar_scratch and skew need a plan with the scratch"):
         make_plan((1, 1, 8, 8), ks, interm, scalar_scratch=True)
 
 
@@ -148,6 +149,33 @@ PLANES = [  # shape, kernel sizes, interm, dtype, plan overrides, planes a step
     ((1, 1, 3, 6, 5), (3, 3), 2, F16, {}, 2),  # float16: both passes
     ((1, 3, 11, 37), (3, 3, 3), 2, F32, {"th": 2, "tw": 16, "zc": 4, "finish": True}, 4),  # one launch
 ]
+
+
+SKEWED = [  # shape, kernel sizes, interm, dtype, plan overrides: 3D plans with the scratch
+    ((1, 2, 5, 13, 11), (3, 3, 3), 2, F32, {"th": 8}),  # 4 tiles of 8 x 16
+    ((1, 1, 7, 9, 7), (1, 5, 3), 3, BF16, {"th": 16, "zc": 3}),  # a 5x5 layer, chunks of 3
+    ((2, 2, 5, 9, 7), (3, 3, 3, 1), 2, F32, {"wargs": True, "zc": 2, "scalar_scratch": True}),  # a 1x1 layer last
+    ((1, 1, 3, 6, 5), (3, 3), 2, F16, {}),  # float16: both passes
+    ((1, 1, 6, 13, 11), (3, 3), 2, F32, {"th": 8, "zc": 4, "finish": True}),  # one launch
+]
+
+
+@pytest.mark.parametrize("shape,ks,interm,dtype,overrides", SKEWED, ids=[f"{c[0]}-{c[3]}" for c in SKEWED])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
+def test_skewed_layers_give_the_same_output(shape, ks, interm, dtype, overrides):
+    """``skew``: each later layer takes the plane the layer before it stored in the last step (one barrier a step):
+    the same sums in the same order, so the same bits, ``L - 1`` more steps."""
+    params = draw(shape, ks, interm, seed=3)
+    x = image_like(shape, dtype, seed=4)
+    plan = make_plan(shape, ks, interm, skew=True, **overrides)
+    straight = dataclasses.replace(plan, skew=False)
+    skewed = _run(x, params, plan)
+    assert torch.equal(_run(x, params, straight), skewed) and rel_error(skewed, x, params) <= TOL[dtype]
+    assert stream_args(x, params, plan)["n_steps"] == stream_args(x, params, straight)["n_steps"] + len(ks) - 1
+    with pytest.raises(ValueError, match="skew takes one plane a step"):
+        make_plan(shape, ks, interm, skew=True, planes=2)
+    with pytest.raises(ValueError, match="need a plan with the scratch"):
+        make_plan(shape, ks, interm, skew=True, scratch=False)
 
 
 @pytest.mark.parametrize("shape,ks,interm,dtype,overrides,planes", PLANES,
