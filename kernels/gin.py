@@ -16,7 +16,8 @@ plane come from global memory (L1-hot) for the input layer and, for later layers
 ``tl.gather`` (on-chip; 2D) or a per-program scratch (``SCRATCH``: the 3D default since v1.8); the
 tile's border lanes go stale by the radius of each later layer, so only the interior (``RH`` = the
 sum of those radii from each side) is stored. Nothing but the output and a few partial sums leaves
-the chip.
+the chip. ``SKEW`` (3D, a sweep candidate) runs each later layer a step behind the one before it, so one
+barrier a step orders all the scratch's traffic instead of two a later layer.
 
 The Frobenius renormalization needs the whole sample: each program writes its partial sums of
 ``x^2`` and ``mixed^2``, reduced in a fixed order (deterministic); see :mod:`fedgin.kernels.launch` for the
@@ -311,7 +312,7 @@ def gin_stream_kernel(
             new_pend = new_pend + (lp,)
         pend = new_pend
         for s in tl.static_range(SP):
-            # zd + s == z + s - RS: an output plane that just completed
+            # zd + s == z + s - RS (SKEW: - (L - 1)): an output plane that just completed
             keep = own & (zd + s >= zlo) & (zd + s < zhi)
             ooff = (zd + s) * PW + xoff0
             for c in tl.static_range(C):
