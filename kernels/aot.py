@@ -6,11 +6,14 @@ and exits non-zero if any fails to compile.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -120,6 +123,12 @@ def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan
 
 def compiled_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None):
     """(plan, Triton's compiled kernel for sm_90): its ``asm`` holds the PTX and the cubin."""
+    plan, source, options = stream_source(shape, kernel_sizes, dtype, channels, interm, mode, plan)
+    return plan, triton.compile(source, target=TARGET, options=options)
+
+
+def stream_source(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None):
+    """(plan, the stream kernel's source specialized as a launch would, compile options)."""
     params = Shape(tuple(kernel_sizes), channels, interm)
     plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm, finish=mode == int(gin.STORE_FINISH))
     # prm_stride: a multiple of 16 (pack_params), which a launch specializes on as it does on aligned pointers
@@ -130,7 +139,7 @@ def compiled_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, pla
     options = {k: args[k] for k in LAUNCH_OPTIONS if k in args}
     names = gin.gin_stream_kernel.arg_names
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n == "prm_stride"}
-    return plan, triton.compile(ASTSource(gin.gin_stream_kernel, sig, const, attrs), target=TARGET, options=options)
+    return plan, ASTSource(gin.gin_stream_kernel, sig, const, attrs), options
 
 
 def compile_pass(kernel, dtype: torch.dtype, **constexprs) -> str:
@@ -140,15 +149,10 @@ def compile_pass(kernel, dtype: torch.dtype, **constexprs) -> str:
     return _ptxas_report(compiled.asm["ptx"])
 
 
-def main() -> int:
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("unset TRITON_INTERPRET: this compiles for the GPU", file=sys.stderr)
-        return 2
-    failures = 0
-    for dtype in _PTR:
-        print(f"scale {dtype}: {compile_pass(gin.gin_scale_kernel, dtype)}")
-        scaled = dtype == torch.float16  # as gin_ipa_fused launches it
-        print(f"ipa {dtype}: {compile_pass(gin.gin_ipa_kernel, dtype, SCALED=scaled)}")
+def stream_jobs() -> list[list[tuple[str, tuple]]]:
+    """(label, :func:`compile_stream` arguments) of every stream-kernel specialization :func:`main` compiles, grouped
+    by the kernel they compile to (shapes with one plan, a batch's network shared or not: one compile each)."""
+    jobs: dict[tuple, list[tuple[str, tuple]]] = {}
     for shape, ks, dtype, c, m in specializations():
         variants = [(mode, {}) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
         if shape in ALTERNATIVES and dtype == torch.float32:  # the default tiles' alternatives in the plan sweep
@@ -160,11 +164,37 @@ def main() -> int:
         for mode, overrides in variants:
             label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} {overrides or 'default plan'}"
             plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), **overrides)
-            try:
-                print(f"{label}: {compile_stream(shape, ks, dtype, c, m, mode, plan)}", flush=True)
-            except Exception as err:  # report every failing specialization, then fail
-                failures += 1
-                print(f"{label}: FAILED {type(err).__name__}: {err}", flush=True)
+            _, source, options = stream_source(shape, ks, dtype, c, m, mode, plan)
+            jobs.setdefault((source.hash(), tuple(sorted(options.items()))), []).append(
+                (label, (shape, ks, dtype, c, m, mode, plan)))
+    return list(jobs.values())
+
+
+def _try_compile(group: list[tuple[str, tuple]]) -> tuple[str, bool]:
+    """(the report lines, whether it compiled) of one :func:`stream_jobs` group: its first job compiled."""
+    (label, args), *same = group
+    start = time.perf_counter()
+    try:
+        line, ok = f"{label}: {compile_stream(*args)} | {time.perf_counter() - start:.1f} s", True
+    except Exception as err:  # report every failing specialization, then fail
+        line, ok = f"{label}: FAILED {type(err).__name__}: {err}", False
+    return "\n".join([line] + [f"{other}: the same kernel" for other, _ in same]), ok
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: this compiles for the GPU", file=sys.stderr)
+        return 2
+    for dtype in _PTR:
+        print(f"scale {dtype}: {compile_pass(gin.gin_scale_kernel, dtype)}")
+        scaled = dtype == torch.float16  # as gin_ipa_fused launches it
+        print(f"ipa {dtype}: {compile_pass(gin.gin_ipa_kernel, dtype, SCALED=scaled)}")
+    failures = 0
+    # a compile is one CPU's work (LLVM, then ptxas): one process a CPU, the reports in order
+    with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for line, ok in pool.map(_try_compile, stream_jobs()):
+            failures += not ok
+            print(line, flush=True)
     print(f"{failures} failed")
     return 1 if failures else 0
 

@@ -77,20 +77,30 @@ def _shift(t, dp: tl.constexpr, dw: tl.constexpr, TH: tl.constexpr, TW: tl.const
 
 
 @triton.jit
-def _scatter(acc, vs, g_ptr, wargs, G0: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, SP: tl.constexpr,
-             WVEC: tl.constexpr, WARGS: tl.constexpr):
+def _part(t, start: tl.constexpr, n: tl.constexpr, TAKE: tl.constexpr):
+    """``t[start:start + n]`` if ``TAKE``, else ``()`` (Triton 3.6 cannot slice a tuple with constexpr bounds)."""
+    part = ()
+    if TAKE:
+        for i in tl.static_range(start, start + n):
+            part = part + (t[i],)
+    return part
+
+
+@triton.jit
+def _scatter(acc, vs, g_ptr, wg, COUT: tl.constexpr, K: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr,
+             WARGS: tl.constexpr):
     """Add the ``SP`` arriving planes' shifted input planes ``vs`` to the ``COUT x (K + SP - 1)`` accumulators: plane
     ``s`` adds ``w[co, m] * vs[s]`` to ``acc[co * (K + SP - 1) + s + m]``, so each weight, loaded once, feeds ``SP``
     multiply-adds a lane. ``g_ptr``: the weight group (``w[co, m]`` at ``g_ptr + co * K + m``; COUT x K padded to a
     multiple of 4, 16-byte aligned). ``WVEC`` 4: 128-bit loads of four weights, one load instruction instead of four
-    (bench/NOTES.md, v1.6). ``WARGS``: the weights are kernel arguments instead, ``wargs[G0 + co * K + m]`` (no load:
-    bench/NOTES.md, v1.9)."""
+    (bench/NOTES.md, v1.6). ``WARGS``: the weights are kernel arguments instead, the group's ``wg[co * K + m]`` (no
+    load: bench/NOTES.md, v1.9)."""
     G: tl.constexpr = COUT * K
     A: tl.constexpr = K + SP - 1
     ws = ()
     if WARGS:
         for i in tl.static_range(G):
-            ws = ws + (wargs[G0 + i],)
+            ws = ws + (wg[i],)
     elif WVEC == 4:
         for q in tl.static_range((G + 3) // 4):
             a, b = tl.split(tl.reshape(tl.load(g_ptr + 4 * q + tl.arange(0, 4)), (2, 2)))
@@ -111,23 +121,24 @@ def _scatter(acc, vs, g_ptr, wargs, G0: tl.constexpr, COUT: tl.constexpr, K: tl.
 
 
 @triton.jit
-def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S, slope, s_ptr, n_ptr, tile_off, wargs,
+def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S, slope, s_ptr, n_ptr, tile_off, wl,
            CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
            LAST: tl.constexpr, W, PW, TH: tl.constexpr, TW: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr,
-           SCRATCH: tl.constexpr, WOFF: tl.constexpr, WARGS: tl.constexpr, SKEW: tl.constexpr):
+           SCRATCH: tl.constexpr, WARGS: tl.constexpr, SKEW: tl.constexpr):
     """One layer's step: scatter the ``SP`` arriving planes, return (the ``SP`` completed planes, the new pending
     planes).
 
     ``cur``: the arriving planes (``SP x CIN`` tensors, plane-major), unused for the first layer, which loads the
     input at offsets ``xoff + s * PW`` (masks ``zok[s]``) instead. The completed planes are ``zd .. zd + SP - 1``.
     Weights at ``w_ptr``: one group (:func:`_scatter`) per (input channel, tap along P, tap along W), then the COUT
-    biases (see :func:`fedgin.kernels.launch.pack_params`); with ``WARGS`` the same floats from ``wargs[WOFF:]``
-    instead. ``SCRATCH``: later layers take their in-plane neighbours from the program's scratch at ``s_ptr`` (the
-    planes stored at the lanes' ``tile_off``, then read back shifted: two barriers a layer) instead of
-    ``tl.gather``; a lane at the tile's edge reads a neighbouring row's or program's value, which, like the
-    clamped gather's, only reaches halo lanes. ``SKEW``: ``s_ptr`` already holds the arriving plane, stored by the layer
-    before in the last step (``cur`` unused; no barrier here: one ends each step), and the completed plane is stored at
-    ``n_ptr`` for the next layer's next step.
+    biases (see :func:`fedgin.kernels.launch.pack_params`); with ``WARGS`` the same floats from the layer's slice
+    ``wl`` of the kernel arguments instead (slices: Triton's front end copies a tuple argument's type at each call,
+    so the whole tuple into every call took most of a compile, 36 of 44 s in 3D). ``SCRATCH``: later layers take
+    their in-plane neighbours from the program's scratch at ``s_ptr`` (the planes stored at the lanes' ``tile_off``,
+    then read back shifted: two barriers a layer) instead of ``tl.gather``; a lane at the tile's edge reads a
+    neighbouring row's or program's value, which, like the clamped gather's, only reaches halo lanes. ``SKEW``:
+    ``s_ptr`` already holds the arriving plane, stored by the layer before in the last step (``cur`` unused; no
+    barrier here: one ends each step), and the completed plane is stored at ``n_ptr`` for the next layer's next step.
     """
     R: tl.constexpr = K // 2
     RP: tl.constexpr = KP // 2
@@ -169,15 +180,15 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S
                     else:
                         v = _shift(vws[s], dpi - RP, 0, TH, TW)
                     vs = vs + (v,)
-                acc = _scatter(acc, vs, w_ptr + ((ci * KP + dpi) * K + dwi) * GP, wargs,
-                               WOFF + ((ci * KP + dpi) * K + dwi) * GP, COUT, K, SP, WVEC, WARGS)
+                acc = _scatter(acc, vs, w_ptr + ((ci * KP + dpi) * K + dwi) * GP,
+                               _part(wl, ((ci * KP + dpi) * K + dwi) * GP, COUT * K, WARGS), COUT, K, SP, WVEC, WARGS)
     BIAS: tl.constexpr = CIN * KP * K * GP
     done = ()
     for s in tl.static_range(SP):
         done_ok = (zd + s >= 0) & (zd + s < S)
         for co in tl.static_range(COUT):
             if WARGS:
-                h = acc[co * A + s] + wargs[WOFF + BIAS + co]
+                h = acc[co * A + s] + wl[BIAS + co]
             else:
                 h = acc[co * A + s] + tl.load(w_ptr + BIAS + co)
             if not LAST:
@@ -216,7 +227,7 @@ def gin_stream_kernel(
     row's alpha; else ``wargs`` is empty and the rows are read at ``prm_ptr``.
 
     ``CH``: channels at each layer boundary (C, M, ..., M, C); ``OFF``: offset of each layer's packed
-    weights and biases in a sample's parameter row. ``KS``: kernel size per layer (along S and W);
+    weights and biases in a sample's parameter row, and their end. ``KS``: kernel size per layer (along S and W);
     ``KPS``: along P (``KS`` in 3D, all 1 in 2D).
     ``RS``: sum of the radii (the halo along S); ``RH``: the in-plane halo (``RS`` less the first
     layer's radius: that layer reads true neighbours from memory). ``BANDS``: 2D band layout. Parameters per sample
@@ -306,9 +317,10 @@ def gin_stream_kernel(
             zd = zd - KS[l] // 2  # coordinate of the first plane this layer completes
             w_ptr = p_b + OFF[l]
             n_b = s_b + (2 * l + t % 2) * REGION  # SKEW: for the next layer, in the next step
+            wl = _part(wargs, OFF[l], OFF[l + 1] - OFF[l], WARGS)  # the layer's weights and biases as arguments
             cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok, zd, S, slope, r_b,
-                             n_b, tile_off, wargs, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1, W, PW, TH, TW,
-                             SP, WVEC, SCRATCH, OFF[l], WARGS, SKEW)
+                             n_b, tile_off, wl, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1, W, PW, TH, TW, SP,
+                             WVEC, SCRATCH, WARGS, SKEW)
             new_pend = new_pend + (lp,)
         pend = new_pend
         for s in tl.static_range(SP):

@@ -347,7 +347,7 @@ def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan) -
         n_wt=plan.n_wt, n_pt=plan.n_pt,
         n_tiles=plan.n_tiles, view_step=1, nb=shape[0], b0=0, v0=0, slope=float(cfg.slope),
         eps=float(cfg.eps), wargs=(), WARGS=plan.wargs,
-        CH=tuple(ch), OFF=tuple(off[:-1]), KS=ks,
+        CH=tuple(ch), OFF=tuple(off), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
         SCRATCH=plan.scratch, GUARD=scratch_guard(plan), SP=plan.planes, SKEW=plan.skew, num_warps=plan.num_warps,

@@ -1,5 +1,6 @@
 """The fused Triton kernel against the float64 reference, through Triton's interpreter on the CPU."""
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -359,6 +360,27 @@ def test_sample_offsets_are_64_bit():
     b, c, C, N = 3, 2, 4, 1_500_000_000
     _offsets_kernel[(1,)](out, b, c, C, N)
     assert int(out) == (b * C + c) * N > 2**31
+
+
+GROUPS = """
+import json
+from fedgin.kernels import aot
+print(json.dumps([[label for label, _ in group] for group in aot.stream_jobs()]))
+"""
+
+
+def test_the_sm90_check_compiles_each_distinct_kernel_once():
+    """Specializations that compile to one kernel (one plan for two shapes, a batch's network shared or not: the chunk
+    is a runtime argument) are grouped, each group compiled once; every specialization is in exactly one group."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", GROUPS], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    groups = json.loads(res.stdout.splitlines()[-1])
+    labels = [label for group in groups for label in group]
+    assert len(labels) == len(set(labels)) > len(groups)
+    volume = "stream (2, 3, 128, 128, 128) ks=(3, 3, 3, 3) C=3 M=2 torch.float16 mode=1 {'wargs': True, "
+    shared = next(group for group in groups if volume + "'shared_network': True}" in group)
+    assert volume + "'shared_network': False}" in shared
 
 
 def test_every_specialization_compiles_for_sm90():
