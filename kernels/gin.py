@@ -213,7 +213,7 @@ def gin_stream_kernel(
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
     FBLOCK: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr, GUARD: tl.constexpr, WARGS: tl.constexpr,
-    SP: tl.constexpr, SKEW: tl.constexpr,
+    SP: tl.constexpr, SKEW: tl.constexpr, REGIONS: tl.constexpr,
 ):
     """GIN over one tile of one sample; grid ``(n_tiles, B, V)``, or ``(n_tiles, 1, 1)`` with ``WARGS``. See the
     module docstring.
@@ -235,11 +235,12 @@ def gin_stream_kernel(
     (:func:`fedgin.kernels.launch.pack_params`), alpha last. ``cnt_ptr``: int32 per row, zero at launch, and
     ``FBLOCK``: elements a step of the finishing program's rescale (``STORE_FINISH`` only). ``WVEC``: weights
     loaded 4 at a time (4) or one by one (1). ``SCRATCH`` (3D): in-plane shifts of the later layers through
-    ``scr_ptr``, ``SP x M x TH x TW`` floats a program after ``GUARD`` floats (see :func:`_layer`). ``SP``: planes a
-    step (each weight then feeds ``SP`` multiply-adds a lane; ``n_steps`` covers the chunk and its halo). ``SKEW``
-    (with ``SCRATCH``, one plane a step): layer ``l`` takes, in step ``t``, the plane layer ``l - 1`` completed and
-    stored in step ``t - 1`` (regions ``2 (l - 1) + t % 2``: ``2 (L - 1)`` of ``M x TH x TW`` floats a program), so
-    one barrier a step orders every layer's scratch traffic; ``n_steps`` is ``L - 1`` longer.
+    ``scr_ptr``, ``REGIONS x M x TH x TW`` floats a program after ``GUARD`` floats (see :func:`_layer`;
+    :func:`fedgin.kernels.launch.scratch_regions`). ``SP``: planes a step (each weight then feeds ``SP``
+    multiply-adds a lane; ``n_steps`` covers the chunk and its halo). ``SKEW`` (with ``SCRATCH``, one plane a step):
+    layer ``l`` takes, in step ``t``, the plane layer ``l - 1`` completed and stored in step ``t - 1`` (regions
+    ``2 (l - 1) + t % 2``), so one barrier a step orders every layer's scratch traffic; ``n_steps`` is ``L - 1``
+    longer.
     """
     L: tl.constexpr = len(KS)
     C: tl.constexpr = CH[0]
@@ -278,7 +279,6 @@ def gin_stream_kernel(
     o_b = out_ptr + sample_base(v * view_step * nb + b, 0, C, N)
     p_b = prm_ptr + row.to(tl.int64) * prm_stride
     REGION: tl.constexpr = CH[1] * TH * TW  # one plane of a later layer's input channels
-    REGIONS: tl.constexpr = 2 * (L - 1) if SKEW else SP
     s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * (REGIONS * REGION)
     tile_off = rows * TW + tl.arange(0, TW)[None, :]
     if WARGS:  # prm_ptr: the rows' alphas

@@ -350,11 +350,18 @@ def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan) -
         CH=tuple(ch), OFF=tuple(off), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
-        SCRATCH=plan.scratch, GUARD=scratch_guard(plan), SP=plan.planes, SKEW=plan.skew, num_warps=plan.num_warps,
+        SCRATCH=plan.scratch, GUARD=scratch_guard(plan), SP=plan.planes, SKEW=plan.skew,
+        REGIONS=scratch_regions(plan, len(ks)), num_warps=plan.num_warps,
         # the scratch is read back after a barrier: no software pipelining may move those loads
         **({"num_stages": 1} if plan.scratch else {}),
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
     )
+
+
+def scratch_regions(plan: Plan, n_layers: int) -> int:
+    """Planes of ``M x TH x TW`` floats a program's scratch holds: the step's planes, or with ``plan.skew`` two (the
+    last step's and this one's) for each later layer."""
+    return 2 * (n_layers - 1) if plan.skew else plan.planes
 
 
 def scratch_guard(plan: Plan) -> int:
@@ -436,8 +443,7 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
            else part.view(torch.int32))
     scratch = part  # read only with plan.scratch
     if plan.scratch:
-        regions = 2 * (len(first.kernel_sizes) - 1) if plan.skew else plan.planes
-        region = regions * first.config.interm_channels * plan.th * plan.tw
+        region = scratch_regions(plan, len(first.kernel_sizes)) * first.config.interm_channels * plan.th * plan.tw
         # zeroed: an edge lane's read of a region not yet written (or of a guard) gives a finite halo value
         scratch = torch.zeros(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32,
                               device=x.device)
