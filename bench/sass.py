@@ -109,7 +109,7 @@ class Bound:
     loop: dict[str, int]  # warp instructions per step, per pipe
     local: int  # of which spill loads and stores (LDL, STL)
     ctas_per_sm: int
-    steps: int  # plane steps per program
+    steps: float  # plane steps per program (less the share of the layers' idle steps, ``plan.idle``)
     programs: int  # CTAs a launch (a launch a sample with ``plan.wargs``)
     us: float  # the bound, microseconds
     limit: str  # the pipe that sets it
@@ -120,10 +120,17 @@ class Bound:
         """Warps resident on an SM in the first wave: fewer than its CTAs allow where the grid is small."""
         return min(self.ctas_per_sm, math.ceil(self.programs / self.sms)) * self.plan.num_warps
 
+    @property
+    def issue_us(self) -> float:
+        """The bound were the issue slots the only limit: every instruction one slot, no pipe slower. The timed
+        plans follow it more closely than the bound (bench/NOTES.md, v1.15)."""
+        return self.us * (self.loop["issue"] / PER_CLOCK["issue"]) / (self.loop[self.limit] / PER_CLOCK[self.limit])
+
     def row(self) -> dict:
         return {"registers": self.registers, "loop": self.loop, "local": self.local,
                 "ctas_per_sm": self.ctas_per_sm, "warps_per_sm": self.warps_per_sm,
-                "programs": self.programs, "steps": self.steps, "bound_us": round(self.us, 1), "limit": self.limit}
+                "programs": self.programs, "steps": round(self.steps, 2), "bound_us": round(self.us, 1),
+                "limit": self.limit}
 
 
 def _tool(name: str, cubin: bytes, *args: str) -> str:
@@ -145,7 +152,7 @@ def registers(cubin: bytes) -> int:
     return int(re.search(r"REG:(\d+)", _tool("cuobjdump", cubin, "-res-usage")).group(1))
 
 
-def model(loop: dict[str, int], plan: Plan, programs: int, steps: int, registers: int, sms: int = H100_SMS,
+def model(loop: dict[str, int], plan: Plan, programs: int, steps: float, registers: int, sms: int = H100_SMS,
           shared: int = 0, launches: int = 1) -> tuple[float, str, int]:
     """(bound in µs, limiting pipe, CTAs an SM) for ``launches`` grids of ``programs`` CTAs of ``plan.num_warps``
     warps, each running ``steps`` plane steps of the ``loop`` counts, with ``registers`` a thread and ``shared``
@@ -177,7 +184,10 @@ def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sm
     ops = plane_loop(disassemble(compiled.asm["cubin"]))
     loop = pipe_counts(ops)
     shape = aot.Shape(case.kernel_sizes, case.channels, case.interm)
-    steps = stream_args(torch.empty(case.shape, device="meta"), shape, plan)["n_steps"]
+    args = stream_args(torch.empty(case.shape, device="meta"), shape, plan)
+    ch, ks, kps = args["CH"], args["KS"], args["KPS"]
+    macs = [ch[l] * ch[l + 1] * ks[l] * kps[l] for l in range(len(ks))]  # a layer's share of the loop's work
+    steps = args["n_steps"] - sum(i * m for i, m in zip(args["IDLE"], macs, strict=True)) / sum(macs)
     launches = case.batch if plan.wargs and not shared else 1  # a launch a sample, or one for the batch
     programs = case.batch * plan.n_tiles // launches
     us, limit, ctas = model(loop, plan, programs, steps, regs, sms, compiled.metadata.shared, launches)
@@ -185,17 +195,19 @@ def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sm
     return Bound(plan, regs, loop, local, ctas, steps, programs, us, limit, sms)
 
 
-def call_bound_us(case: Case, passes: list[Bound], copy_gb_s: float) -> float:
-    """The bound of a whole call from the bounds of its stream ``passes``: plus one read and write of the output at
-    ``copy_gb_s`` where the call rescales it (the scale pass, or the one-launch plan's last program)."""
-    us = sum(b.us for b in passes)
+def call_bound_us(case: Case, passes: list[Bound], copy_gb_s: float, issue_only: bool = False) -> float:
+    """The bound of a whole call from the bounds of its stream ``passes`` (their issue-slot bounds if
+    ``issue_only``): plus one read and write of the output at ``copy_gb_s`` where the call rescales it (the scale
+    pass, or the one-launch plan's last program)."""
+    us = sum(b.issue_us if issue_only else b.us for b in passes)
     if len(passes) == 1:
         us += 2 * case.elements * case.torch_dtype.itemsize / (copy_gb_s * 1e3)
     return us
 
 
 def calibrate(report: dict, cases: list[Case]) -> list[dict]:
-    """Measured time over the bound for every timed row of a sweep report (``ms_graph``, else ``ms``)."""
+    """Measured time over the bound for every timed row of a sweep report (``ms_graph``, else ``ms``), and over the
+    issue-slot bound (``x_issue``)."""
     by_id = {case.id: case for case in cases}
     rows = []
     for row in report["rows"]:
@@ -207,9 +219,10 @@ def calibrate(report: dict, cases: list[Case]) -> list[dict]:
         modes = stream_modes(case.torch_dtype, plan.finish)
         passes = [bound(case, row["overrides"], mode, plan=plan) for mode in modes]
         us = call_bound_us(case, passes, report["copy"]["gb_s"])
+        issue = call_bound_us(case, passes, report["copy"]["gb_s"], issue_only=True)
         rows.append({"case": case.label, "overrides": row["overrides"], "warps_per_sm": passes[0].warps_per_sm,
                      "measured_us": round(measured * 1e3, 1), "bound_us": round(us, 1),
-                     "ratio": round(measured * 1e3 / us, 2)})
+                     "ratio": round(measured * 1e3 / us, 2), "x_issue": round(measured * 1e3 / issue, 2)})
     return rows
 
 
@@ -226,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", metavar="SWEEP_JSON", help="measured time over the bound, per row of a sweep")
     args = parser.parse_args(argv)
     if args.calibrate:
-        print("| case | overrides | warps/SM | measured µs | bound µs | ratio |\n|---|---|---:|---:|---:|---:|")
+        print("| case | overrides | warps/SM | measured µs | bound µs | ratio | over issue |\n"
+              "|---|---|---:|---:|---:|---:|---:|")
         for r in calibrate(json.loads(Path(args.calibrate).read_text()), [c for c, _ in GPU_SWEEP]):
-            print(f"| {r['case']} | {_label(r['overrides'])} | "
-                  f"{r['warps_per_sm']} | {r['measured_us']} | {r['bound_us']} | {r['ratio']} |", flush=True)
+            print(f"| {r['case']} | {_label(r['overrides'])} | {r['warps_per_sm']} | {r['measured_us']} | "
+                  f"{r['bound_us']} | {r['ratio']} | {r['x_issue']} |", flush=True)
         return 0
     print("| case | overrides | regs | warps/SM | programs x steps | loop: issue / fp32 / alu / mio (spill) "
           "| bound µs | limit |")
@@ -244,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             lp = b.loop
             print(f"| {case.label} | {_label(overrides)} | {b.registers} | "
-                  f"{b.warps_per_sm} | {b.programs} x {b.steps} | {lp['issue']} / {lp['fp32']} / "
+                  f"{b.warps_per_sm} | {b.programs} x {b.steps:g} | {lp['issue']} / {lp['fp32']} / "
                   f"{lp['alu']} / {lp['mio']} ({b.local}) | {b.us:.0f} | {b.limit} |", flush=True)
     return 0
 

@@ -121,37 +121,16 @@ def _scatter(acc, vs, g_ptr, wg, COUT: tl.constexpr, K: tl.constexpr, SP: tl.con
 
 
 @triton.jit
-def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S, slope, s_ptr, n_ptr, tile_off, wl,
-           CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
-           LAST: tl.constexpr, W, PW, TH: tl.constexpr, TW: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr,
-           SCRATCH: tl.constexpr, WARGS: tl.constexpr, SKEW: tl.constexpr):
-    """One layer's step: scatter the ``SP`` arriving planes, return (the ``SP`` completed planes, the new pending
-    planes).
-
-    ``cur``: the arriving planes (``SP x CIN`` tensors, plane-major), unused for the first layer, which loads the
-    input at offsets ``xoff + s * PW`` (masks ``zok[s]``) instead. The completed planes are ``zd .. zd + SP - 1``.
-    Weights at ``w_ptr``: one group (:func:`_scatter`) per (input channel, tap along P, tap along W), then the COUT
-    biases (see :func:`fedgin.kernels.launch.pack_params`); with ``WARGS`` the same floats from the layer's slice
-    ``wl`` of the kernel arguments instead (slices: Triton's front end copies a tuple argument's type at each call,
-    so the whole tuple into every call took most of a compile, 36 of 44 s in 3D). ``SCRATCH``: later layers take
-    their in-plane neighbours from the program's scratch at ``s_ptr`` (the planes stored at the lanes' ``tile_off``,
-    then read back shifted: two barriers a layer) instead of ``tl.gather``; a lane at the tile's edge reads a
-    neighbouring row's or program's value, which, like the clamped gather's, only reaches halo lanes. ``SKEW``:
-    ``s_ptr`` already holds the arriving plane, stored by the layer before in the last step (``cur`` unused; no
-    barrier here: one ends each step), and the completed plane is stored at ``n_ptr`` for the next layer's next step.
-    """
+def _arrive(acc, cur, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, W, PW, s_ptr, tile_off, wl, CIN: tl.constexpr,
+            COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr, TH: tl.constexpr,
+            TW: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr, USE_SCRATCH: tl.constexpr, WARGS: tl.constexpr,
+            SKEW: tl.constexpr):
+    """The arriving planes' multiply-adds into the accumulators ``acc`` (see :func:`_layer`): each input channel's
+    shifted planes (loaded for the first layer, from the scratch or ``tl.gather`` for the others) scattered with their
+    weight groups."""
     R: tl.constexpr = K // 2
     RP: tl.constexpr = KP // 2
-    A: tl.constexpr = K + SP - 1  # accumulators an output channel: K - 1 pending, SP new
     GP: tl.constexpr = (COUT * K + 3) // 4 * 4  # a weight group: COUT x K padded to 16 bytes
-    acc = ()
-    for co in tl.static_range(COUT):
-        for m in tl.static_range(A):
-            if m < K - 1:
-                acc = acc + (pend[co * (K - 1) + m],)
-            else:
-                acc = acc + (tl.full((TH, TW), 0.0, tl.float32),)
-    USE_SCRATCH: tl.constexpr = SCRATCH and not FIRST
     if USE_SCRATCH and not SKEW:
         tl.debug_barrier()  # every lane has read the scratch's last planes
         for i in tl.static_range(SP * CIN):
@@ -182,6 +161,44 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S
                     vs = vs + (v,)
                 acc = _scatter(acc, vs, w_ptr + ((ci * KP + dpi) * K + dwi) * GP,
                                _part(wl, ((ci * KP + dpi) * K + dwi) * GP, COUT * K, WARGS), COUT, K, SP, WVEC, WARGS)
+    return acc
+
+
+@triton.jit
+def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S, slope, s_ptr, n_ptr, tile_off, wl,
+           t, CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
+           LAST: tl.constexpr, W, PW, TH: tl.constexpr, TW: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr,
+           SCRATCH: tl.constexpr, WARGS: tl.constexpr, SKEW: tl.constexpr, IDLE: tl.constexpr):
+    """One layer's step: scatter the ``SP`` arriving planes, return (the ``SP`` completed planes, the new pending
+    planes).
+
+    ``cur``: the arriving planes (``SP x CIN`` tensors, plane-major), unused for the first layer, which loads the
+    input at offsets ``xoff + s * PW`` (masks ``zok[s]``) instead. The completed planes are ``zd .. zd + SP - 1``.
+    Weights at ``w_ptr``: one group (:func:`_scatter`) per (input channel, tap along P, tap along W), then the COUT
+    biases (see :func:`fedgin.kernels.launch.pack_params`); with ``WARGS`` the same floats from the layer's slice
+    ``wl`` of the kernel arguments instead (slices: Triton's front end copies a tuple argument's type at each call,
+    so the whole tuple into every call took most of a compile, 36 of 44 s in 3D). ``SCRATCH``: later layers take
+    their in-plane neighbours from the program's scratch at ``s_ptr`` (the planes stored at the lanes' ``tile_off``,
+    then read back shifted: two barriers a layer) instead of ``tl.gather``; a lane at the tile's edge reads a
+    neighbouring row's or program's value, which, like the clamped gather's, only reaches halo lanes. ``SKEW``:
+    ``s_ptr`` already holds the arriving plane, stored by the layer before in the last step (``cur`` unused; no
+    barrier here: one ends each step), and the completed plane is stored at ``n_ptr`` for the next layer's next step.
+    In the layer's ``IDLE`` leading steps (:func:`fedgin.kernels.launch.idle_steps`) nothing arrives: its accumulators,
+    zero from the start, stay zero, and so do its pending planes.
+    """
+    A: tl.constexpr = K + SP - 1  # accumulators an output channel: K - 1 pending, SP new
+    GP: tl.constexpr = (COUT * K + 3) // 4 * 4  # a weight group: COUT x K padded to 16 bytes
+    acc = ()
+    for co in tl.static_range(COUT):
+        for m in tl.static_range(A):
+            if m < K - 1:
+                acc = acc + (pend[co * (K - 1) + m],)
+            else:
+                acc = acc + (tl.full((TH, TW), 0.0, tl.float32),)
+    USE_SCRATCH: tl.constexpr = SCRATCH and not FIRST
+    if IDLE == 0 or t >= IDLE:  # else an idle step: what would arrive reaches no plane the output needs
+        acc = _arrive(acc, cur, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, W, PW, s_ptr, tile_off, wl, CIN, COUT, K,
+                      KP, FIRST, TH, TW, SP, WVEC, USE_SCRATCH, WARGS, SKEW)
     BIAS: tl.constexpr = CIN * KP * K * GP
     done = ()
     for s in tl.static_range(SP):
@@ -213,7 +230,7 @@ def gin_stream_kernel(
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
     FBLOCK: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr, GUARD: tl.constexpr, WARGS: tl.constexpr,
-    SP: tl.constexpr, SKEW: tl.constexpr, REGIONS: tl.constexpr,
+    SP: tl.constexpr, SKEW: tl.constexpr, REGIONS: tl.constexpr, IDLE: tl.constexpr,
 ):
     """GIN over one tile of one sample; grid ``(n_tiles, B, V)``, or ``(n_tiles, 1, 1)`` with ``WARGS``. See the
     module docstring.
@@ -240,7 +257,9 @@ def gin_stream_kernel(
     multiply-adds a lane; ``n_steps`` covers the chunk and its halo). ``SKEW`` (with ``SCRATCH``, one plane a step):
     layer ``l`` takes, in step ``t``, the plane layer ``l - 1`` completed and stored in step ``t - 1`` (regions
     ``2 (l - 1) + t % 2``), so one barrier a step orders every layer's scratch traffic; ``n_steps`` is ``L - 1``
-    longer.
+    longer. ``IDLE``: per layer, the leading steps in which its work reaches no plane the output needs
+    (:func:`fedgin.kernels.launch.idle_steps`); it skips their multiply-adds, loads and scratch traffic, and the
+    planes the output needs get the same sums in the same order.
     """
     L: tl.constexpr = len(KS)
     C: tl.constexpr = CH[0]
@@ -319,8 +338,8 @@ def gin_stream_kernel(
             n_b = s_b + (2 * l + t % 2) * REGION  # SKEW: for the next layer, in the next step
             wl = _part(wargs, OFF[l], OFF[l + 1] - OFF[l], WARGS)  # the layer's weights and biases as arguments
             cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok, zd, S, slope, r_b,
-                             n_b, tile_off, wl, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1, W, PW, TH, TW, SP,
-                             WVEC, SCRATCH, WARGS, SKEW)
+                             n_b, tile_off, wl, t, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1, W, PW, TH, TW,
+                             SP, WVEC, SCRATCH, WARGS, SKEW, IDLE[l])
             new_pend = new_pend + (lp,)
         pend = new_pend
         for s in tl.static_range(SP):

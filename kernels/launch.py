@@ -73,6 +73,7 @@ class Plan:
     planes: int = 1  # planes a stream step: each weight feeds this many multiply-adds a lane (v1.14)
     scalar_scratch: bool = False  # 3D scratch stores a float at a time: no layout conversion in the loop (v1.14)
     skew: bool = False  # 3D scratch: each later layer a step behind the one before it, one barrier a step (v1.14)
+    idle: bool = False  # each layer skips the chunk's leading steps whose work no output plane needs (v1.15)
 
     @property
     def n_tiles(self) -> int:
@@ -187,7 +188,7 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
               maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int | None = None,
               scratch: bool | None = None, wargs: bool = False, shared_network: bool = False,
-              planes: int = 1, scalar_scratch: bool = False, skew: bool = False) -> Plan:
+              planes: int = 1, scalar_scratch: bool = False, skew: bool = False, idle: bool = False) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 32 columns, 64 in a heavy stack; 3D up
     to 32 x 32); 2D streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
@@ -216,7 +217,9 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     tile to the output store's layout through shared memory, two barriers a channel a step (bench/NOTES.md, v1.14).
     ``skew`` (3D scratch, one plane a step): each later layer reads the plane the layer before it stored in the
     previous step, from double-buffered regions, so one barrier a step replaces two a later layer, for ``L - 1`` more
-    warm-up steps a chunk.
+    warm-up steps a chunk. ``idle``: each later layer skips the chunk's leading steps in which its work reaches no
+    plane the output needs (:func:`idle_steps`): the same bits for 9% fewer multiply-adds in 3D 128³, a branch a
+    layer a step (bench/NOTES.md, v1.15).
     ``wargs`` passes the weights and biases as kernel arguments: they reach the FMAs from the constant bank, with no
     load-store instruction (bench/NOTES.md, v1.9). A launch a sample (and draw), or one for a batch that shares one
     network (``per_sample=False``); 3D chunks are planned for one sample a launch, or for the batch with
@@ -231,7 +234,7 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     if wargs:
         _wargs_fit(shape[1], interm, tuple(kernel_sizes), len(shape) - 2)
     plan = _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
-                      wvec, scratch, wargs, wargs and shared_network, planes, scalar_scratch, skew)
+                      wvec, scratch, wargs, wargs and shared_network, planes, scalar_scratch, skew, idle)
     if (scalar_scratch or skew) and not plan.scratch:
         raise ValueError("scalar_scratch and skew need a plan with the scratch (3D)")
     if skew and planes != 1:
@@ -243,7 +246,7 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
 def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
                zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int,
                wvec: int | None, scratch: bool | None, wargs: bool, shared: bool, planes: int,
-               scalar_scratch: bool, skew: bool) -> Plan:
+               scalar_scratch: bool, skew: bool, idle: bool) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
@@ -274,7 +277,7 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
         maxnreg = min(255, 65536 // (32 * num_warps))
     return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec, scratch, wargs, planes,
-                scalar_scratch, skew)
+                scalar_scratch, skew, idle)
 
 
 @functools.cache
@@ -351,11 +354,27 @@ def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan) -
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
         SCRATCH=plan.scratch, GUARD=scratch_guard(plan), SP=plan.planes, SKEW=plan.skew,
-        REGIONS=scratch_regions(plan, len(ks)), num_warps=plan.num_warps,
+        REGIONS=scratch_regions(plan, len(ks)), IDLE=idle_steps(ks, plan) if plan.idle else (0,) * len(ks),
+        num_warps=plan.num_warps,
         # the scratch is read back after a barrier: no software pipelining may move those loads
         **({"num_stages": 1} if plan.scratch else {}),
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
     )
+
+
+def idle_steps(kernel_sizes: Sequence[int], plan: Plan) -> tuple[int, ...]:
+    """Leading steps of a chunk in which each layer's work reaches no plane the output needs. A chunk's stream starts
+    ``RS`` (the radii's sum) planes before the chunk, and layer ``l`` needs its planes from ``RS - R_l`` before it
+    (``R_l``: the radii up to ``l``'s); its plane arriving in step ``t``, ``t·SP - R_{l-1}`` planes after the stream's
+    start (one plane more a later layer with ``plan.skew``), reaches planes up to ``r_l`` further. So layer ``l``
+    idles while ``t·SP + SP - 1 < 2 R_{l-1}`` (``+ l`` with skew): 12 of the 4 x 34 layer steps of a 3D 128³ chunk
+    (4 layers 3x3x3, 26 planes), 9% of its multiply-adds (bench/NOTES.md, v1.15). Used where ``plan.idle``."""
+    out, before = [], 0
+    for layer, k in enumerate(kernel_sizes):
+        first = 2 * before + (layer if plan.skew else 0)  # the first plane offset whose work reaches a needed plane
+        out.append(max(0, -(-(first - plan.planes + 1) // plan.planes)))
+        before += k // 2
+    return tuple(out)
 
 
 def scratch_regions(plan: Plan, n_layers: int) -> int:

@@ -112,6 +112,7 @@ for scalar, skew in ((False, False), (True, False), (True, True)):
     names = [sass.base(op) for op in sass.plane_loop(sass.disassemble(compiled.asm["cubin"]))]
     rows.append({"converts": compiled.asm["ttgir"].count("ttg.convert_layout"), "BAR": names.count("BAR"),
                  "STS": names.count("STS"), "FFMA": names.count("FFMA")})
+rows += [sass.bound(case, {"wargs": True, "idle": idle}).row() for idle in (False, True)]
 print(json.dumps(rows))
 """
 
@@ -120,12 +121,21 @@ def test_3d_loop_barriers_follow_the_scratch_options():
     """The 3D scratch's 8-byte stores make Triton 3.6 convert each output channel's tile through shared memory
     before its store (two barriers each); scalar scratch stores leave one layout and a barrier pair a later layer;
     skewed layers, one barrier a step. The same multiply-adds each time."""
-    aligned, scalar, skewed = _compile(LAYOUTS)
+    aligned, scalar, skewed, _, _ = _compile(LAYOUTS)
     later_layers, channels = 3, 3
     assert aligned["converts"] == channels and aligned["BAR"] == 2 * later_layers + 2 * channels - 1, aligned
     assert scalar["converts"] == 0 and scalar["BAR"] == 2 * later_layers and scalar["STS"] == 0, scalar
     assert skewed["converts"] == 0 and skewed["BAR"] == 1, skewed
     assert aligned["FFMA"] == scalar["FFMA"] == skewed["FFMA"]
+
+
+def test_idle_steps_count_in_the_bound_by_each_layer_s_share():
+    """``idle``: the later layers idle 2, 4 and 6 steps of a chunk; weighted by their multiply-adds (162, 108, 108,
+    162 a voxel) that is 3 of its steps, and the loop is the same but for its branches."""
+    *_, every_step, idle = _compile(LAYOUTS)
+    assert idle["steps"] == every_step["steps"] - 3.0
+    assert abs(idle["loop"]["fp32"] - every_step["loop"]["fp32"]) <= 0.02 * every_step["loop"]["fp32"], idle
+    assert idle["bound_us"] < every_step["bound_us"]
 
 
 def test_calibrate_divides_each_timed_row_by_its_bound(monkeypatch):
@@ -134,8 +144,9 @@ def test_calibrate_divides_each_timed_row_by_its_bound(monkeypatch):
     case = Case(2, 3, (70, 20))
     plan = make_plan(case.shape, case.kernel_sizes, case.interm)
     compiles = []
+    loop = {"issue": 400, "fp32": 200, "alu": 50, "mio": 125}  # mio-bound: 125 clocks a step, issue 100
     monkeypatch.setattr(sass, "bound", lambda c, overrides, mode, plan: compiles.append((mode, plan)) or sass.Bound(
-        plan, 128, {}, 0, 1, 10, 16 * 132, 50.0, "mio"))
+        plan, 128, loop, 0, 1, 10, 16 * 132, 50.0, "mio"))
     row = {"case_id": case.id, "overrides": {}, "status": "ok", "plan": dataclasses.asdict(plan)}
     report = {"copy": {"gb_s": 4000.0}, "rows": [
         row | {"ms": 0.5, "ms_graph": 0.108}, row | {"ms": 0.2, "ms_graph": None},
@@ -145,5 +156,6 @@ def test_calibrate_divides_each_timed_row_by_its_bound(monkeypatch):
     assert [(r["measured_us"], r["bound_us"], r["ratio"]) for r in rows] == [
         (108.0, round(50 + scale_us, 1), round(108 / (50 + scale_us), 2)),
         (200.0, round(50 + scale_us, 1), round(200 / (50 + scale_us), 2))]
+    assert rows[0]["x_issue"] == round(108 / (50 * 100 / 125 + scale_us), 2)  # the same waves at 100 clocks a step
     assert rows[0]["warps_per_sm"] == plan.num_warps  # one CTA an SM, every SM busy
     assert compiles == [(0, plan)] * 2  # one compile a timed row (fp32 launches one stream pass)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from fedgin import gin_apply
-from fedgin.kernels import gin_fused, make_plan
+from fedgin.kernels import gin_fused, launch, make_plan
 from fedgin.kernels.gin import sample_base
 from fedgin.kernels.launch import (
     WARGS_MAX_FLOATS,
@@ -21,6 +21,7 @@ from fedgin.kernels.launch import (
     _plan_for,
     arg_floats,
     default_wargs,
+    idle_steps,
     pack_params,
     stream_args,
 )
@@ -177,6 +178,36 @@ def test_skewed_layers_give_the_same_output(shape, ks, interm, dtype, overrides)
         make_plan(shape, ks, interm, skew=True, planes=2)
     with pytest.raises(ValueError, match="need a plan with the scratch"):
         make_plan(shape, ks, interm, skew=True, scratch=False)
+
+
+IDLE = [  # shape, kernel sizes, interm, dtype, plan overrides, each layer's idle steps
+    ((1, 2, 9, 7, 11), (3, 3, 3), 2, F32, {"zc": 4, "wargs": True}, (0, 2, 4)),  # 3D, the scratch
+    ((1, 2, 9, 7, 11), (3, 3, 3), 2, BF16, {"zc": 5, "skew": True}, (0, 3, 6)),  # each later layer a step behind
+    ((1, 1, 7, 9, 7), (1, 5, 3), 2, F16, {"th": 16, "zc": 4}, (0, 0, 4)),  # 1x1 first, then 5x5; two passes
+    ((1, 3, 21, 19), (3, 1, 3), 2, F32, {"zc": 8}, (0, 2, 2)),  # 2D bands, a 1x1 layer between
+    ((2, 2, 13, 19), (3, 3, 3), 2, F32, {"zc": 5, "planes": 2, "finish": True}, (0, 1, 2)),  # two planes a step
+]
+
+
+@pytest.mark.parametrize("shape,ks,interm,dtype,overrides,idle", IDLE, ids=[f"{c[0]}-{c[3]}" for c in IDLE])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
+def test_idle_steps_are_skipped_with_the_same_bits(shape, ks, interm, dtype, overrides, idle, monkeypatch):
+    """``idle``: each later layer skips the chunk's leading steps whose work reaches no plane the output needs, and
+    the output keeps its bits; those are all of them, for one step more in any layer changes the output."""
+    params = draw(shape, ks, interm, seed=5)
+    x = image_like(shape, dtype, seed=6)
+    plan = make_plan(shape, ks, interm, idle=True, **overrides)
+    assert idle_steps(ks, plan) == idle and stream_args(x, params, plan)["IDLE"] == idle
+    every_step = _run(x, params, dataclasses.replace(plan, idle=False))
+    assert stream_args(x, params, dataclasses.replace(plan, idle=False))["IDLE"] == (0,) * len(ks)
+    out = _run(x, params, plan)
+    assert torch.equal(out, every_step) and rel_error(out, x, params) <= TOL[dtype]
+    for layer in range(1, len(ks)):
+        longer = tuple(n + (i == layer) for i, n in enumerate(idle))
+        monkeypatch.setattr(launch, "idle_steps", lambda *_, longer=longer: longer)
+        launch._stream_args.cache_clear()
+        assert not torch.equal(_run(x, params, plan), out), layer
+    launch._stream_args.cache_clear()
 
 
 @pytest.mark.parametrize("shape,ks,interm,dtype,overrides,planes", PLANES,
