@@ -20,13 +20,15 @@
 #   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/
 #   (what the H200 image of 2026-11-27 needed).
 # Knobs: GPU_SH_STEPS (default "tests host sweep bench"; host: python -m bench.host_cost into bench.log, at most
-# GPU_SH_HOST_S, default 90 s; GPU_SH_TESTS_K: a pytest -k expression that picks GPU tests; add
-# ncu for Nsight Compute on the two headline stream kernels, GPU_SH_NCU_S each, default 60 s, into bench.log: the
-# second run had it), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 120 s: the
-# fourth run's 150 s reached 50, and the sweep checks its plans against float64 too), GPU_SH_TEST_WORKERS
-# (pytest-xdist workers, default 8), GPU_SH_SWEEP_S (the most the sweep takes, default 300 s: v1.14's 2D and 3D
-# float32 candidates; it runs before the suite, which gets the rest), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this script, where the
-# sweep checks its stand-in plans through Triton's interpreter).
+# GPU_SH_HOST_S, default 90 s; add ncu for Nsight Compute's sections and warp stall reasons on the headline stream
+# kernels of GPU_SH_NCU_DIMS (default "2d 3d"), GPU_SH_NCU_S each, default 90 s, into bench.log (the second run had
+# it, without the stall reasons); add ablate for bench.ablate, the time each class of the plane loop's instructions
+# costs, at most GPU_SH_ABLATE_S, default 150 s, into bench.log), GPU_SH_TESTS_K (a pytest -k expression that picks
+# GPU tests), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 120 s: the fourth run's
+# 150 s reached 50, and the sweep checks its plans against float64 too), GPU_SH_TEST_WORKERS (pytest-xdist workers,
+# default 8), GPU_SH_SWEEP_S (the most the sweep takes, default 300 s: v1.14's 2D and 3D float32 candidates; it runs
+# before the suite, which gets the rest), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this script,
+# where the sweep checks its stand-in plans through Triton's interpreter).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -138,20 +140,32 @@ if [[ $STEPS == *host* ]]; then  # the host time of a GIN call (draw, launches),
   echo "== host_cost rc $?" >>"$OUT/bench.log"
 fi
 if [[ $STEPS == *ncu* ]]; then
-  # Nsight Compute on the two headline stream kernels: the default plan and v1.5's (NOTES v1.8)
+  # Nsight Compute on the headline stream kernels, the default plan and a candidate (bench.ncu_target): each second
+  # call's launches (--profile-from-start off), with the warp stall reasons per issued instruction (NOTES, v1.15)
   NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
-  for dims in 2d 3d; do
+  for dims in ${GPU_SH_NCU_DIMS:-2d 3d}; do
     echo "== ncu: bench.ncu_target $dims" >>"$OUT/bench.log"
     if [[ -z "$NCU" ]]; then
       echo "ncu: not found" >>"$OUT/bench.log"
       continue
     fi
-    timeout "${GPU_SH_NCU_S:-60}" "$NCU" --clock-control none -k regex:gin_stream_kernel --launch-skip 1 \
-      --launch-count 2 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
-      "$PY" -m bench.ncu_target "$dims" >>"$OUT/bench.log" 2>&1
-    echo "== ncu rc $?" >>"$OUT/bench.log"
+    STALLS=(--metrics 'regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$')
+    for attempt in with-stalls sections-only; do  # an ncu that refuses the metric names still gives the sections
+      timeout "${GPU_SH_NCU_S:-90}" "$NCU" --clock-control none --profile-from-start off \
+        -k regex:gin_stream_kernel --launch-count 4 --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats --section InstructionStats \
+        --section MemoryWorkloadAnalysis "${STALLS[@]}" "$PY" -m bench.ncu_target "$dims" >>"$OUT/bench.log" 2>&1
+      NCU_RC=$?
+      echo "== ncu rc $NCU_RC ($attempt)" >>"$OUT/bench.log"
+      ((NCU_RC == 0 || NCU_RC == 124)) && break
+      STALLS=()
+    done
   done
+fi
+if [[ $STEPS == *ablate* ]]; then  # what the loop's barriers, weight ULDCs, loads and stores cost (NOTES, v1.15)
+  echo "== python -m bench.ablate" >>"$OUT/bench.log"
+  timeout "${GPU_SH_ABLATE_S:-150}" "$PY" -m bench.ablate >>"$OUT/bench.log" 2>&1
+  echo "== ablate rc $?" >>"$OUT/bench.log"
 fi
 BENCH_RC=0
 SWEEP_RC=0
@@ -180,8 +194,9 @@ echo
 echo "== GPU tests (rc $TESTS_RC): $(tail -n 1 "$OUT/gpu-tests.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -n 20
 echo "== bench (rc $BENCH_RC), sweep (rc $SWEEP_RC): $(grep -E '^wrote ' "$OUT/bench.log" || tail -n 3 "$OUT/bench.log")"
-grep -E "^== ncu|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Compute \(SM\) Throughput|Stall" \
-  "$OUT/bench.log" | head -n 40
+grep -E "^== ncu|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Compute \(SM\) Throughput|Stall|stalled" \
+  "$OUT/bench.log" | head -n 80
+grep -E "^\| .* \| (none|bar|uldc|ldg|stg|all|failed.*) \|" "$OUT/bench.log" | head -n 40
 SWEEP_MD=$(ls -t "$OUT"/*-sweep.md 2>/dev/null | head -n 1)
 [[ -n "$SWEEP_MD" ]] && cat "$SWEEP_MD"
 echo "== gpu.sh: ${SECONDS} s, files in $OUT"

@@ -1,9 +1,10 @@
 """The headline stream kernels, for Nsight Compute (``bench/gpu.sh``'s ``ncu`` step).
 
-``python -m bench.ncu_target 2d|3d`` runs GIN on 2D 64x3x256² or 3D 2x3x128³ (fp32, 4 layers 3x3) twice with the
-default plan, then twice with v1.5's default plan (:data:`CANDIDATES`, bench/NOTES.md v1.8: the first ncu run
-profiled v1.5's): the first call compiles, ``ncu --launch-skip 1 --launch-count 2`` profiles the default's second
-launch and the candidate's first (see ``gpu.sh``).
+``python -m bench.ncu_target 2d|3d`` runs GIN on 2D 64x3x256² or 3D 2x3x128³ (fp32, 4 layers 3x3, a draw a sample)
+twice with the default plan, then twice with the candidate (:data:`CANDIDATES`: two planes a step in 2D, one
+barrier a step and no idle work in 3D; bench/NOTES.md, v1.14 and v1.15). The first call of each compiles; the
+second runs between ``cudaProfilerStart`` and ``cudaProfilerStop``, so ``ncu --profile-from-start off`` profiles
+exactly the second calls' stream launches, whatever their number (the 3D default launches once a sample).
 """
 from __future__ import annotations
 
@@ -12,24 +13,30 @@ import sys
 import torch
 
 from fedgin.kernels import gin_fused, make_plan
-from fedgin.kernels.launch import V15_2D, V15_3D
 
 from .cases import Case, draw_params, image_like
 
 CASES = {"2d": Case(64, 3, (256, 256)), "3d": Case(2, 3, (128,) * 3)}
-CANDIDATES = {"2d": V15_2D, "3d": V15_3D}
+CANDIDATES = {"2d": {"planes": 2}, "3d": {"wargs": True, "skew": True, "scalar_scratch": True, "idle": True}}
 
 
 def run_plans(case: Case, candidates: tuple[dict, ...], device: torch.device) -> list[torch.Tensor]:
-    """GIN on ``case`` twice with each plan (``make_plan`` overrides; one draw, one input); the last outputs."""
+    """GIN on ``case`` twice with each plan (``make_plan`` overrides; one draw, one input), the second call under
+    the CUDA profiler on a GPU; the second outputs."""
     gen = torch.Generator(device=device).manual_seed(0)
     x = image_like(case, device, gen)
     params = draw_params(case, device, generator=torch.Generator().manual_seed(0))
     outs = []
     for overrides in candidates:
         plan = make_plan(case.shape, case.kernel_sizes, case.interm, **overrides)
-        for _ in range(2):
-            out = gin_fused(x, params, plan=plan)
+        gin_fused(x, params, plan=plan)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.profiler.start()
+        out = gin_fused(x, params, plan=plan)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.profiler.stop()
         outs.append(out)
         print(f"{case.label} {overrides or 'default'}: ran twice ({plan})", flush=True)
     return outs
@@ -43,7 +50,6 @@ def main(argv: list[str]) -> int:
         print("bench.ncu_target needs a CUDA device", file=sys.stderr)
         return 1
     run_plans(CASES[argv[0]], ({}, CANDIDATES[argv[0]]), torch.device("cuda"))
-    torch.cuda.synchronize()
     return 0
 
 
