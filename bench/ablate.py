@@ -20,11 +20,9 @@ import argparse
 import contextlib
 import copy
 import json
-import re
 import struct
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
@@ -33,7 +31,7 @@ from fedgin.kernels.gin import gin_stream_kernel
 
 from . import timing
 from .cases import Case, draw_params, image_like, split_candidate
-from .sass import _tool
+from .sass import Instr, branches, listing, loop_span
 
 # (case, plan overrides): the headline cases with their default plans (3D 128³: a launch a sample, v1.13; 2D: the
 # weights loaded) and a candidate each (3D: one barrier a step and no idle work, v1.14-15; 2D: a shared network)
@@ -44,99 +42,9 @@ CASES: tuple[tuple[Case, dict], ...] = (
     (Case(64, 3, (256, 256)), {"wargs": True, "shared_network": True}),
 )
 FLOAT_USERS = {"FFMA", "FADD", "FMUL", "FSEL", "FMNMX"}
-# opcodes whose operands are all read (no destination register)
-READ_ONLY = {"STG", "STS", "STL", "ST", "RED", "BAR", "BRA", "EXIT", "MEMBAR", "NOP", "BSYNC", "WARPSYNC", "CCTL"}
 NOP_LO = 0x7918  # sm_90 NOP, predicate PT
 KEEP = (0xF << 41) | (1 << 45) | (0x3F << 52)  # control bits kept: stall count, yield, scoreboard wait mask
 NO_SCOREBOARD = (7 << 46) | (7 << 49)  # sets no scoreboard on write or on read
-_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;\s*/\* (0x[0-9a-f]{16}) \*/")
-_WORD = re.compile(r"/\* (0x[0-9a-f]{16}) \*/")
-_REG = re.compile(r"\b(U?R)(\d+)(\.64|\.128)?")
-
-
-@dataclass(frozen=True)
-class Instr:
-    """One SASS instruction: its address in the kernel's text, its text and its two 64-bit words."""
-
-    addr: int
-    text: str
-    lo: int
-    hi: int
-
-    @property
-    def predicated(self) -> bool:
-        return self.text.startswith("@")
-
-    @property
-    def op(self) -> str:
-        """The opcode with its modifiers (``LDG.E.128``), without the predicate."""
-        return self.text.split()[1 if self.predicated else 0]
-
-    @property
-    def base(self) -> str:
-        return self.op.split(".", 1)[0]
-
-    def _operands(self) -> list[str]:
-        rest = self.text.split(None, 2 if self.predicated else 1)
-        return rest[-1].split(",") if len(rest) > (2 if self.predicated else 1) else []
-
-    def writes(self) -> set[str]:
-        """Registers the instruction writes (its first operand, unless it only reads its operands)."""
-        ops = self._operands()
-        if not ops or self.base in READ_ONLY:
-            return set()
-        width = 4 if ".128" in self.op else 2 if ".64" in self.op or ".WIDE" in self.op else 1
-        m = _REG.search(ops[0])
-        return {f"{m.group(1)}{int(m.group(2)) + i}" for i in range(width)} if m else set()
-
-    def reads(self) -> set[str]:
-        """Registers the instruction reads: a ``.64`` operand or a ``desc[URn]`` is a pair, a wide store's value and
-        ``IMAD.WIDE``'s addend are 2 or 4 registers."""
-        ops = self._operands()
-        sources = ops if self.base in READ_ONLY else ops[1:]
-        wide = 4 if ".128" in self.op else 2 if ".64" in self.op else 1
-        regs = set()
-        for k, operand in enumerate(sources):
-            last = k == len(sources) - 1
-            for kind, index, suffix in _REG.findall(operand):
-                width = 2 if suffix == ".64" or f"desc[{kind}{index}]" in operand else 1
-                if last and (self.base in READ_ONLY and wide > 1 or ".WIDE" in self.op):
-                    width = max(width, wide if self.base in READ_ONLY else 2)
-                regs |= {f"{kind}{int(index) + i}" for i in range(width)}
-        return regs
-
-
-def listing(cubin: bytes) -> list[Instr]:
-    """The instructions of the cubin's kernel (``cuobjdump -sass``), in address order."""
-    lines = _tool("cuobjdump", cubin, "-sass").splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        if m := _LINE.search(line):
-            hi = _WORD.search(lines[i + 1])
-            out.append(Instr(int(m.group(1), 16), m.group(2).strip(), int(m.group(3), 16), int(hi.group(1), 16)))
-    return out
-
-
-def branches(instrs: list[Instr]) -> dict[int, int]:
-    """Index of each branch -> index of its target (branches to no instruction of the listing left out)."""
-    index = {ins.addr: i for i, ins in enumerate(instrs)}
-    out = {}
-    for i, ins in enumerate(instrs):
-        if ins.base == "BRA" and (m := re.search(r"0x([0-9a-f]+)", ins.text.split("BRA", 1)[1])):
-            if (target := index.get(int(m.group(1), 16))) is not None:
-                out[i] = target
-    return out
-
-
-def loop_span(instrs: list[Instr]) -> tuple[int, int]:
-    """``(start, end)`` indices of the largest loop: from a backward branch's target to the branch, inclusive."""
-    best = (0, 0)
-    for i, target in branches(instrs).items():
-        if target <= i and i + 1 - target > best[1] - best[0]:
-            best = (target, i + 1)
-    if best == (0, 0):
-        raise ValueError("no loop in this SASS")
-    return best
 
 
 def _float_only_along(path: list[tuple[int, Instr]], live: set[str], skippable: set[int]) -> bool:

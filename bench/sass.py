@@ -1,7 +1,7 @@
 """A static issue model of the stream kernel, from its SASS (compiled for sm_90 on a machine without a GPU).
 
 ``python -m bench.sass [--case N]``: for each plan of the sweep (:data:`bench.sweep.GPU_SWEEP`), compile the stream
-kernel, disassemble the plane loop's body (``nvdisasm``, shipped in Triton's wheel) and count its instructions
+kernel, disassemble the plane loop's body (``cuobjdump``, shipped in Triton's wheel) and count its instructions
 per SM pipe. One warp's step costs the SM at least ``max(issue, fp32, alu, mio)`` clocks, where
 
 - issue: every instruction, 4 a clock (four schedulers);
@@ -48,30 +48,103 @@ ALU = {"IADD3", "IMAD", "ISETP", "LOP3", "SEL", "SHF", "LEA", "FSETP", "PLOP3", 
 MIO = {"LDG", "STG", "LDS", "STS", "SHFL", "ATOM", "ATOMG", "RED", "LDSM", "LDGSTS", "LD", "ST", "LDL", "STL"}
 WIDE = {"LDG", "STG", "LDS", "STS", "LD", "ST", "LDL", "STL"}  # accesses of 32, 64 or 128 bits a lane
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-_INSTR = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")
-_LABEL = re.compile(r"^(\.L_x_\d+):")
-_BRANCH = re.compile(r"BRA\s+`\((\.L_x_\d+)\)")
+# opcodes whose operands are all read (no destination register)
+READ_ONLY = {"STG", "STS", "STL", "ST", "RED", "BAR", "BRA", "EXIT", "MEMBAR", "NOP", "BSYNC", "WARPSYNC", "CCTL"}
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;\s*/\* (0x[0-9a-f]{16}) \*/")
+_WORD = re.compile(r"/\* (0x[0-9a-f]{16}) \*/")
+_REG = re.compile(r"\b(U?R)(\d+)(\.64|\.128)?")
 
 
-def plane_loop(sass: str) -> list[str]:
-    """Opcodes, with their modifiers (``LDG.E.128``), of the largest loop body in ``sass`` (``nvdisasm -c`` text):
-    from a label to the last backward branch to it. The stream kernel's plane loop is its largest loop."""
-    ops: list[str] = []
-    labels: dict[str, int] = {}
-    best: tuple[int, int] = (0, 0)
-    for line in sass.splitlines():
-        if m := _LABEL.match(line):
-            labels[m.group(1)] = len(ops)
-        elif m := _INSTR.match(line):
-            ops.append(m.group(1))
-            target = _BRANCH.search(line)
-            if target and target.group(1) in labels:
-                start = labels[target.group(1)]
-                if len(ops) - start > best[1] - best[0]:
-                    best = (start, len(ops))
+@dataclass(frozen=True)
+class Instr:
+    """One SASS instruction: its address in the kernel's text, its text and its two 64-bit words."""
+
+    addr: int
+    text: str
+    lo: int
+    hi: int
+
+    @property
+    def predicated(self) -> bool:
+        return self.text.startswith("@")
+
+    @property
+    def op(self) -> str:
+        """The opcode with its modifiers (``LDG.E.128``), without the predicate."""
+        return self.text.split()[1 if self.predicated else 0]
+
+    @property
+    def base(self) -> str:
+        return self.op.split(".", 1)[0]
+
+    def _operands(self) -> list[str]:
+        rest = self.text.split(None, 2 if self.predicated else 1)
+        return rest[-1].split(",") if len(rest) > (2 if self.predicated else 1) else []
+
+    def writes(self) -> set[str]:
+        """Registers the instruction writes (its first operand, unless it only reads its operands)."""
+        ops = self._operands()
+        if not ops or self.base in READ_ONLY:
+            return set()
+        width = 4 if ".128" in self.op else 2 if ".64" in self.op or ".WIDE" in self.op else 1
+        m = _REG.search(ops[0])
+        return {f"{m.group(1)}{int(m.group(2)) + i}" for i in range(width)} if m else set()
+
+    def reads(self) -> set[str]:
+        """Registers the instruction reads: a ``.64`` operand or a ``desc[URn]`` is a pair, a wide store's value and
+        ``IMAD.WIDE``'s addend are 2 or 4 registers."""
+        ops = self._operands()
+        sources = ops if self.base in READ_ONLY else ops[1:]
+        wide = 4 if ".128" in self.op else 2 if ".64" in self.op else 1
+        regs = set()
+        for k, operand in enumerate(sources):
+            last = k == len(sources) - 1
+            for kind, index, suffix in _REG.findall(operand):
+                width = 2 if suffix == ".64" or f"desc[{kind}{index}]" in operand else 1
+                if last and (self.base in READ_ONLY and wide > 1 or ".WIDE" in self.op):
+                    width = max(width, wide if self.base in READ_ONLY else 2)
+                regs |= {f"{kind}{int(index) + i}" for i in range(width)}
+        return regs
+
+
+def listing(cubin: bytes) -> list[Instr]:
+    """The instructions of the cubin's kernel (``cuobjdump -sass``), in address order."""
+    lines = _tool("cuobjdump", cubin, "-sass").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if m := _LINE.search(line):
+            hi = _WORD.search(lines[i + 1])
+            out.append(Instr(int(m.group(1), 16), m.group(2).strip(), int(m.group(3), 16), int(hi.group(1), 16)))
+    return out
+
+
+def branches(instrs: list[Instr]) -> dict[int, int]:
+    """Index of each branch -> index of its target (branches to no instruction of the listing left out)."""
+    index = {ins.addr: i for i, ins in enumerate(instrs)}
+    out = {}
+    for i, ins in enumerate(instrs):
+        if ins.base == "BRA" and (m := re.search(r"0x([0-9a-f]+)", ins.text.split("BRA", 1)[1])):
+            if (target := index.get(int(m.group(1), 16))) is not None:
+                out[i] = target
+    return out
+
+
+def loop_span(instrs: list[Instr]) -> tuple[int, int]:
+    """``(start, end)`` indices of the largest loop: from a backward branch's target to the branch, inclusive."""
+    best = (0, 0)
+    for i, target in branches(instrs).items():
+        if target <= i and i + 1 - target > best[1] - best[0]:
+            best = (target, i + 1)
     if best == (0, 0):
         raise ValueError("no loop in this SASS")
-    return ops[best[0]:best[1]]
+    return best
+
+
+def plane_loop(instrs: list[Instr]) -> list[str]:
+    """Opcodes, with their modifiers (``LDG.E.128``), of the largest loop of ``instrs`` (:func:`listing`): the stream
+    kernel's plane loop is its largest loop."""
+    start, end = loop_span(instrs)
+    return [ins.op for ins in instrs[start:end]]
 
 
 def base(op: str) -> str:
@@ -142,11 +215,6 @@ def _tool(name: str, cubin: bytes, *args: str) -> str:
                               check=True).stdout
 
 
-def disassemble(cubin: bytes) -> str:
-    """The SASS of ``cubin``, as ``nvdisasm -c`` prints it."""
-    return _tool("nvdisasm", cubin, "-c")
-
-
 def registers(cubin: bytes) -> int:
     """Registers a thread (``cuobjdump -res-usage``)."""
     return int(re.search(r"REG:(\d+)", _tool("cuobjdump", cubin, "-res-usage")).group(1))
@@ -181,7 +249,7 @@ def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sm
     plan, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, case.channels,
                                          case.interm, mode, plan)
     regs = registers(compiled.asm["cubin"])
-    ops = plane_loop(disassemble(compiled.asm["cubin"]))
+    ops = plane_loop(listing(compiled.asm["cubin"]))
     loop = pipe_counts(ops)
     shape = aot.Shape(case.kernel_sizes, case.channels, case.interm)
     args = stream_args(torch.empty(case.shape, device="meta"), shape, plan)

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from fedgin.bench import ablate
-from fedgin.bench.ablate import Instr
+from fedgin.bench import ablate, sass
+from fedgin.bench.sass import Instr
 
 COMPILE = """
 import sys
@@ -54,19 +54,19 @@ LOOP = ("LDG.E R4, desc[UR6][R2.64]", "FFMA R8, R4, UR5, R8", "{use}", "ISETP.GE
 ])
 def test_a_value_is_taken_out_only_where_float_math_alone_reads_it(use, after, float_only):
     instrs = _sass(*(line.format(use=use, after=after) for line in LOOP))
-    span = ablate.loop_span(instrs)
+    span = sass.loop_span(instrs)
     assert span == (0, 5)
     assert ablate.feeds_float_only(instrs, 0, span) is float_only
 
 
 def test_uniform_pairs_and_wide_loads_count_every_register():
     uldc = _sass("ULDC.64 UR6, c[0x0][0x210]", "LDG.E R4, desc[UR6][R2.64]", "FFMA R8, R4, UR7, R8", "BRA 0x0")
-    assert not ablate.feeds_float_only(uldc, 0, ablate.loop_span(uldc))  # UR6:UR7 address the load
+    assert not ablate.feeds_float_only(uldc, 0, sass.loop_span(uldc))  # UR6:UR7 address the load
     wide = _sass("LDG.E.128 R4, desc[UR6][R2.64]", "FFMA R8, R7, UR5, R8", "IADD3 R9, R6, 0x1, RZ", "BRA 0x0")
     assert wide[0].writes() == {"R4", "R5", "R6", "R7"}
-    assert not ablate.feeds_float_only(wide, 0, ablate.loop_span(wide))
+    assert not ablate.feeds_float_only(wide, 0, sass.loop_span(wide))
     nested = _sass("LDG.E R4, desc[UR6][R2.64]", "FFMA R8, R4, UR5, R8", "@P1 BRA 0x10", "BRA 0x0")
-    assert not ablate.feeds_float_only(nested, 0, ablate.loop_span(nested))  # a loop inside the loop
+    assert not ablate.feeds_float_only(nested, 0, sass.loop_span(nested))  # a loop inside the loop
 
 
 @pytest.mark.parametrize("arm,float_only", [("MOV R4, R9", True), ("IADD3 R10, R4, 0x1, RZ", False)])
@@ -74,15 +74,15 @@ def test_a_write_a_branch_may_skip_does_not_end_the_check(arm, float_only):
     """A write in a branch's arm may not happen, so an integer read after it may see the load's value; a read in the
     arm counts like any other."""
     instrs = _sass("LDG.E R4, desc[UR6][R2.64]", "@P1 BRA 0x30", "MOV R4, R9", "IADD3 R5, R4, 0x1, RZ", "BRA 0x0")
-    assert ablate.branches(instrs) == {1: 3, 4: 0}
-    assert ablate.feeds_float_only(instrs, 0, ablate.loop_span(instrs)) is False
+    assert sass.branches(instrs) == {1: 3, 4: 0}
+    assert ablate.feeds_float_only(instrs, 0, sass.loop_span(instrs)) is False
     instrs = _sass("LDG.E R4, desc[UR6][R2.64]", "@P1 BRA 0x30", arm, "FFMA R8, R4, UR5, R8", "BRA 0x0")
-    assert ablate.feeds_float_only(instrs, 0, ablate.loop_span(instrs)) is float_only
+    assert ablate.feeds_float_only(instrs, 0, sass.loop_span(instrs)) is float_only
 
 
 def test_each_class_takes_its_own_instructions_out_of_the_plane_loop(cubin):
-    instrs = ablate.listing(cubin)
-    start, end = ablate.loop_span(instrs)
+    instrs = sass.listing(cubin)
+    start, end = sass.loop_span(instrs)
     loop = collections.Counter(ins.base for ins in instrs[start:end])
     taken = ablate.removals(instrs)
     assert all(start <= i < end for idx in taken.values() for i in idx)
@@ -94,9 +94,9 @@ def test_each_class_takes_its_own_instructions_out_of_the_plane_loop(cubin):
 
 
 def test_the_patched_cubin_holds_nops_there_and_the_same_code_elsewhere(cubin):
-    instrs = ablate.listing(cubin)
+    instrs = sass.listing(cubin)
     taken = set(ablate.removals(instrs)["all"])
-    after = ablate.listing(ablate.patch(cubin, instrs, sorted(taken)))
+    after = sass.listing(ablate.patch(cubin, instrs, sorted(taken)))
     for i, (old, new) in enumerate(zip(instrs, after, strict=True)):
         if i in taken:
             assert new.text == "NOP" and new.hi & ablate.KEEP == old.hi & ablate.KEEP  # stall count and waits kept

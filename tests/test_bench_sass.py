@@ -12,29 +12,21 @@ import pytest
 from fedgin.bench import sass
 from fedgin.kernels import make_plan
 
-SASS = """
-        /*0000*/                   MOV R1, c[0x0][0x28] ;
-.L_x_0:
-        /*0010*/                   FFMA R2, R3, R4, R2 ;
-        /*0020*/              @P0 BRA `(.L_x_0) ;
-        /*0030*/                   BRA `(.L_x_2) ;
-.L_x_1:
-        /*0040*/                   LDG.E R5, desc[UR4][R2.64] ;
-        /*0050*/                   FFMA R2, R3, R4, R2 ;
-        /*0060*/                   SHFL.IDX PT, R85, R92, R52, 0x1f ;
-        /*0070*/                   ISETP.GE.AND P1, PT, R0, 0x3, PT ;
-        /*0080*/              @!P1 BRA `(.L_x_1) ;
-.L_x_2:
-        /*0090*/                   EXIT ;
-"""
+SASS = ("MOV R1, c[0x0][0x28]", "FFMA R2, R3, R4, R2", "@P0 BRA 0x10", "BRA 0x90", "LDG.E R5, desc[UR4][R2.64]",
+        "FFMA R2, R3, R4, R2", "SHFL.IDX PT, R85, R92, R52, 0x1f", "ISETP.GE.AND P1, PT, R0, 0x3, PT",
+        "@!P1 BRA 0x40", "EXIT")
+
+
+def _listing(lines) -> list[sass.Instr]:
+    return [sass.Instr(16 * i, text, 0, 0) for i, text in enumerate(lines)]
 
 
 def test_plane_loop_is_the_largest_backward_branch():
-    ops = sass.plane_loop(SASS)
+    ops = sass.plane_loop(_listing(SASS))
     assert ops == ["LDG.E", "FFMA", "SHFL.IDX", "ISETP.GE.AND", "BRA"]
     assert sass.pipe_counts(ops) == {"issue": 5, "fp32": 1, "alu": 1, "mio": 2}
     with pytest.raises(ValueError, match="no loop"):
-        sass.plane_loop(SASS.replace("BRA `(.L_x_0)", "NOP").replace("BRA `(.L_x_1)", "NOP"))
+        sass.plane_loop(_listing(line.replace("BRA 0x10", "NOP").replace("BRA 0x40", "NOP") for line in SASS))
 
 
 def test_wide_accesses_take_the_load_store_pipe_a_clock_a_word():
@@ -69,7 +61,7 @@ rows = []
 for wvec, planes in ((1, 1), (4, 1), (4, 2)):
     plan = make_plan(case.shape, case.kernel_sizes, case.interm, wvec=wvec, planes=planes)
     _, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, 3, 2, 0, plan)
-    ops = sass.plane_loop(sass.disassemble(compiled.asm["cubin"]))
+    ops = sass.plane_loop(sass.listing(compiled.asm["cubin"]))
     names = [sass.base(op) for op in ops]
     rows.append({"FFMA": names.count("FFMA"), "LDG": names.count("LDG"), **sass.bound(case, plan=plan).row()})
 print(json.dumps(rows))
@@ -109,7 +101,7 @@ rows = []
 for scalar, skew in ((False, False), (True, False), (True, True)):
     plan = make_plan(case.shape, case.kernel_sizes, case.interm, wargs=True, scalar_scratch=scalar, skew=skew)
     _, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, 3, 2, 0, plan)
-    names = [sass.base(op) for op in sass.plane_loop(sass.disassemble(compiled.asm["cubin"]))]
+    names = [sass.base(op) for op in sass.plane_loop(sass.listing(compiled.asm["cubin"]))]
     rows.append({"converts": compiled.asm["ttgir"].count("ttg.convert_layout"), "BAR": names.count("BAR"),
                  "STS": names.count("STS"), "FFMA": names.count("FFMA")})
 rows += [sass.bound(case, {"wargs": True, "idle": idle}).row() for idle in (False, True)]
