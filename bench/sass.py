@@ -254,7 +254,7 @@ def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sm
     shape = aot.Shape(case.kernel_sizes, case.channels, case.interm)
     args = stream_args(torch.empty(case.shape, device="meta"), shape, plan)
     ch, ks, kps = args["CH"], args["KS"], args["KPS"]
-    macs = [ch[l] * ch[l + 1] * ks[l] * kps[l] for l in range(len(ks))]  # a layer's share of the loop's work
+    macs = [ch[l] * ch[l + 1] * ks[l] ** 2 * kps[l] for l in range(len(ks))]  # a layer's share of the loop's work
     steps = args["n_steps"] - sum(i * m for i, m in zip(args["IDLE"], macs, strict=True)) / sum(macs)
     launches = case.batch if plan.wargs and not shared else 1  # a launch a sample, or one for the batch
     programs = case.batch * plan.n_tiles // launches
