@@ -22,7 +22,7 @@ import copy
 import json
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -61,23 +61,26 @@ def _float_only_along(path: list[tuple[int, Instr]], live: set[str], skippable: 
     return True
 
 
-def feeds_float_only(instrs: list[Instr], i: int, span: tuple[int, int]) -> bool:
-    """Whether what loop instruction ``i`` writes is read by floating-point math alone: on the path round the loop
-    back to ``i`` and on the path out of it, where an instruction a forward branch may skip counts as read but not as
-    a certain write. A loop with another loop inside, or another way out, is not analysed (False)."""
+def float_only_check(instrs: list[Instr], span: tuple[int, int]) -> Callable[[int], bool]:
+    """For the loop ``span`` of ``instrs``: whether what loop instruction ``i`` writes is read by floating-point math
+    alone, on the path round the loop back to ``i`` and on the path out of it, where an instruction a forward branch
+    may skip counts as read but not as a certain write. A loop with another loop inside, or another way out, is not
+    analysed (always False). The branches are read once for every instruction asked about."""
     start, end = span
     jumps = branches(instrs)
     if any(start <= b < end - 1 and not b < t < end for b, t in jumps.items()) or any(
             ins.base == "EXIT" for ins in instrs[start:end]):
-        return False  # a loop inside, or a way out of the loop but its end
-    written = instrs[i].writes()
-    if not written:
-        return False
+        return lambda i: False  # a loop inside, or a way out of the loop but its end
     skippable = {k for b, t in jumps.items() if start <= b < t for k in range(b + 1, t)}
     numbered = list(enumerate(instrs))
-    around = numbered[i + 1:end] + numbered[start:i]
-    return (_float_only_along(around, written, skippable)
-            and _float_only_along(numbered[i + 1:], written, skippable))
+
+    def check(i: int) -> bool:
+        written = instrs[i].writes()
+        around = numbered[i + 1:end] + numbered[start:i]
+        return bool(written) and _float_only_along(around, written, skippable) and _float_only_along(
+            numbered[i + 1:], written, skippable)
+
+    return check
 
 
 CLASSES = {
@@ -91,8 +94,8 @@ CLASSES = {
 def removals(instrs: list[Instr]) -> dict[str, list[int]]:
     """Indices of the loop's instructions each class removes (:data:`CLASSES`), and ``all`` of them."""
     span = loop_span(instrs)
-    out = {name: [i for i in range(*span) if pick(instrs[i], lambda i=i: feeds_float_only(instrs, i, span))]
-           for name, pick in CLASSES.items()}
+    safe = float_only_check(instrs, span)
+    out = {name: [i for i in range(*span) if pick(instrs[i], lambda i=i: safe(i))] for name, pick in CLASSES.items()}
     out["all"] = sorted({i for idx in out.values() for i in idx})
     return out
 

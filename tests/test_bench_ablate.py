@@ -56,17 +56,17 @@ def test_a_value_is_taken_out_only_where_float_math_alone_reads_it(use, after, f
     instrs = _sass(*(line.format(use=use, after=after) for line in LOOP))
     span = sass.loop_span(instrs)
     assert span == (0, 5)
-    assert ablate.feeds_float_only(instrs, 0, span) is float_only
+    assert ablate.float_only_check(instrs, span)(0) is float_only
 
 
 def test_uniform_pairs_and_wide_loads_count_every_register():
     uldc = _sass("ULDC.64 UR6, c[0x0][0x210]", "LDG.E R4, desc[UR6][R2.64]", "FFMA R8, R4, UR7, R8", "BRA 0x0")
-    assert not ablate.feeds_float_only(uldc, 0, sass.loop_span(uldc))  # UR6:UR7 address the load
+    assert not ablate.float_only_check(uldc, sass.loop_span(uldc))(0)  # UR6:UR7 address the load
     wide = _sass("LDG.E.128 R4, desc[UR6][R2.64]", "FFMA R8, R7, UR5, R8", "IADD3 R9, R6, 0x1, RZ", "BRA 0x0")
     assert wide[0].writes() == {"R4", "R5", "R6", "R7"}
-    assert not ablate.feeds_float_only(wide, 0, sass.loop_span(wide))
+    assert not ablate.float_only_check(wide, sass.loop_span(wide))(0)
     nested = _sass("LDG.E R4, desc[UR6][R2.64]", "FFMA R8, R4, UR5, R8", "@P1 BRA 0x10", "BRA 0x0")
-    assert not ablate.feeds_float_only(nested, 0, sass.loop_span(nested))  # a loop inside the loop
+    assert not ablate.float_only_check(nested, sass.loop_span(nested))(0)  # a loop inside the loop
 
 
 @pytest.mark.parametrize("arm,float_only", [("MOV R4, R9", True), ("IADD3 R10, R4, 0x1, RZ", False)])
@@ -75,9 +75,9 @@ def test_a_write_a_branch_may_skip_does_not_end_the_check(arm, float_only):
     arm counts like any other."""
     instrs = _sass("LDG.E R4, desc[UR6][R2.64]", "@P1 BRA 0x30", "MOV R4, R9", "IADD3 R5, R4, 0x1, RZ", "BRA 0x0")
     assert sass.branches(instrs) == {1: 3, 4: 0}
-    assert ablate.feeds_float_only(instrs, 0, sass.loop_span(instrs)) is False
+    assert ablate.float_only_check(instrs, sass.loop_span(instrs))(0) is False
     instrs = _sass("LDG.E R4, desc[UR6][R2.64]", "@P1 BRA 0x30", arm, "FFMA R8, R4, UR5, R8", "BRA 0x0")
-    assert ablate.feeds_float_only(instrs, 0, sass.loop_span(instrs)) is float_only
+    assert ablate.float_only_check(instrs, sass.loop_span(instrs))(0) is float_only
 
 
 def test_each_class_takes_its_own_instructions_out_of_the_plane_loop(cubin):
