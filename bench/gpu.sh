@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One GPU command: the GPU correctness tests (pytest -m gpu), the `paper` benchmark preset and the plan sweep,
+# One GPU command: the host path's rows (python -m bench.host_gpu: GIN in a 2-view training step, a call from the
+# host against a CUDA graph; first, issue #31), the GPU correctness tests (pytest -m gpu), the plan sweep and the
+# `paper` benchmark preset,
 # within 520 s (run it with the device tool's timeout_s 560: what a 15-minute lease has left after the machine's
 # start still allows a short second call). Everything it writes goes to $OUT (default bench/results/), no folders:
 #   env.txt        nvidia-smi, versions, git commit, how fedgin was made importable
 #   gpu-tests.log  python -m pytest -m gpu <test files that use the gpu marker> (-n 8 -v where pytest-xdist is)
-#   bench.log      the host cost of a GIN call (bench.host_cost), Nsight Compute's sections (opt-in), the sweep's
-#                  output, the suite's
+#   bench.log      the host path's rows (bench.host_gpu), the host cost of an explicit draw's call (bench.host_cost,
+#                  opt-in), Nsight Compute's sections (opt-in), the sweep's output, the suite's
 #   <date>-<device>-paper.json / .md / .png   the suite's report
 #   <date>-<device>-sweep.json / .md   the kernel's tile plans side by side, and the eager reference on the same
 #                  inputs (python -m bench.sweep)
@@ -19,8 +21,9 @@
 #   this checkout: as they are, else `pip install --no-deps --no-index --no-build-isolation -e .` (offline),
 #   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/
 #   (what the H200 image of 2026-11-27 needed).
-# Knobs: GPU_SH_STEPS (default "tests host sweep bench"; host: python -m bench.host_cost into bench.log, at most
-# GPU_SH_HOST_S, default 90 s; add ncu for Nsight Compute's sections and warp stall reasons on the headline stream
+# Knobs: GPU_SH_STEPS (default "hostpath tests sweep bench"; hostpath: python -m bench.host_gpu into bench.log, at
+# most GPU_SH_HOSTPATH_S, default 120 s; host: python -m bench.host_cost into bench.log, at most GPU_SH_HOST_S,
+# default 90 s; add ncu for Nsight Compute's sections and warp stall reasons on the headline stream
 # kernels of GPU_SH_NCU_DIMS (default "2d 3d"), GPU_SH_NCU_S each, default 90 s, into bench.log (the second run had
 # it, without the stall reasons); add ablate for bench.ablate, the time each class of the plane loop's instructions
 # costs, at most GPU_SH_ABLATE_S, default 150 s, into bench.log), GPU_SH_TESTS_K (a pytest -k expression that picks
@@ -113,7 +116,13 @@ PYEOF
   echo "PYTHONPATH=$PYTHONPATH"
 } >"$OUT/env.txt" 2>&1
 
-STEPS=${GPU_SH_STEPS:-tests host sweep bench}
+STEPS=${GPU_SH_STEPS:-hostpath tests sweep bench}
+: >"$OUT/bench.log"
+if [[ $STEPS == *hostpath* ]]; then  # first: GIN inside a training step, and a call from the host against a graph
+  echo "== python -m bench.host_gpu" >>"$OUT/bench.log"
+  timeout "${GPU_SH_HOSTPATH_S:-120}" "$PY" -m bench.host_gpu >>"$OUT/bench.log" 2>&1
+  echo "== host_gpu rc $?" >>"$OUT/bench.log"
+fi
 TESTS_RC=0
 mapfile -t GPU_FILES < <(grep -l -E "mark\.gpu" tests/test_*.py 2>/dev/null)
 if [[ $STEPS != *tests* ]]; then
@@ -133,8 +142,7 @@ else
   echo "no test file uses the gpu marker" >"$OUT/gpu-tests.log"
 fi
 
-: >"$OUT/bench.log"
-if [[ $STEPS == *host* ]]; then  # the host time of a GIN call (draw, launches), as in the e2e step
+if [[ $STEPS =~ (^| )host( |$) ]]; then  # the host time of an explicit draw's call (draw, launches)
   echo "== python -m bench.host_cost" >>"$OUT/bench.log"
   timeout "${GPU_SH_HOST_S:-90}" "$PY" -m bench.host_cost >>"$OUT/bench.log" 2>&1
   echo "== host_cost rc $?" >>"$OUT/bench.log"
@@ -188,6 +196,7 @@ timeout "$((LEFT > 30 ? LEFT : 30))" "$PY" -m bench --preset "$PRESET" --out "$O
 BENCH_RC=$?
 fi
 
+sed -n '/^== python -m bench.host_gpu/,/^== host_gpu rc/p' "$OUT/bench.log"
 MD=$(ls -t "$OUT"/*-"$PRESET".md 2>/dev/null | head -n 1)
 [[ -n "$MD" ]] && cat "$MD"
 echo

@@ -1,12 +1,13 @@
 """The one dispatch point: ``gin_apply`` checks its input once and runs a backend."""
 from __future__ import annotations
 
+import functools
 import itertools
-from dataclasses import replace
 
 import torch
 from torch import Tensor
 
+from fedgin import draw
 from fedgin.params import GINConfig, GINParams
 from fedgin.reference import reference_apply
 
@@ -16,7 +17,16 @@ _IO_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def check_input(x: Tensor, params: GINParams, *, check_finite: bool = True) -> None:
     """Raise a ``TypeError``/``ValueError`` naming what is wrong with ``x`` for ``params``."""
-    cfg = params.config
+    check_tensor(x, params.config)
+    if x.shape[0] != params.batch:
+        raise ValueError(f"GIN params were drawn for batch {params.batch}, input has batch {x.shape[0]}")
+    if x.device != params.device:
+        raise ValueError(f"GIN params are on {params.device}, input is on {x.device}; use params.to(x.device)")
+    check_finite_on_cpu(x, check_finite)
+
+
+def check_tensor(x: Tensor, cfg: GINConfig) -> None:
+    """The checks that need only ``x``'s metadata: type, dtype, rank, sizes, channels, gradient."""
     if not isinstance(x, Tensor):
         raise TypeError(f"GIN input must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -30,16 +40,39 @@ def check_input(x: Tensor, params: GINParams, *, check_finite: bool = True) -> N
         raise ValueError("GIN input is an empty batch (B = 0)")
     if any(s == 0 for s in x.shape[2:]):
         raise ValueError(f"GIN input has an empty spatial size: {tuple(x.shape)}")
-    if x.shape[0] != params.batch:
-        raise ValueError(f"GIN params were drawn for batch {params.batch}, input has batch {x.shape[0]}")
     if x.shape[1] != cfg.in_channels:
         raise ValueError(f"GIN params expect {cfg.in_channels} input channels, input has {x.shape[1]}")
-    if x.device != params.device:
-        raise ValueError(f"GIN params are on {params.device}, input is on {x.device}; use params.to(x.device)")
     if x.requires_grad:
         raise ValueError("GIN is an augmentation without gradient: pass a tensor that does not require grad")
-    if check_finite and not bool(torch.isfinite(x).all()):
+
+
+def check_finite_on_cpu(x: Tensor, check_finite: bool) -> None:
+    """On the CPU, a ``ValueError`` now for non-finite input; on a GPU nothing here (no sync): the kernels count such
+    samples on the device and :func:`check_errors` raises for them."""
+    if check_finite and x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
         raise ValueError("GIN input contains non-finite values (NaN or Inf)")
+
+
+def check_errors(device: torch.device | str | None = None) -> None:
+    """Raise a ``ValueError`` if GIN calls on ``device`` (default: the current CUDA device) met non-finite input since
+    the last check, then reset the count. Reading the count waits for the device: call it where the loop
+    synchronizes anyway (fedgin's trainer: after each local epoch, and when a loss is not finite). Those samples'
+    outputs are NaN. On the CPU a checked call raises at once; only unchecked kernel calls count there."""
+    device = torch.device(device if device is not None else "cuda")
+    if not triton_available():
+        return  # nothing counts without the kernels (the reference on a GPU counts into their counter)
+    count = _error_counter(device)
+    bad = int(count.item())
+    if bad:
+        count.zero_()
+        raise ValueError(f"GIN input contained non-finite values (NaN or Inf) in {bad} sample(s) on {device} since "
+                         "the last check; their augmented outputs are NaN")
+
+
+def _error_counter(device: torch.device) -> Tensor:
+    from fedgin.kernels.launch import error_counter
+
+    return error_counter(device)
 
 
 def gin_apply(x: Tensor, params: GINParams, backend: str = "auto", *, check_finite: bool = True) -> Tensor:
@@ -47,14 +80,21 @@ def gin_apply(x: Tensor, params: GINParams, backend: str = "auto", *, check_fini
 
     ``backend``: ``"reference"`` (PyTorch), ``"triton"`` (the fused kernel; through Triton's interpreter
     for CPU tensors) or ``"auto"`` (Triton for CUDA tensors when the kernel supports the config, else
-    the reference). ``check_finite`` costs one reduction and a device sync; trainers that already
-    validated their data may turn it off.
+    the reference). ``check_finite``: on the CPU, non-finite input raises a ``ValueError`` at once; on a GPU the
+    call never waits for the device, and :func:`check_errors` raises for such input later.
     """
     if resolve_backend(x, params, backend, check_finite=check_finite) == "reference":
-        return reference_apply(x, params)
+        return _count_errors(reference_apply(x, params))
     from fedgin.kernels import gin_fused
 
     return gin_fused(x, params)
+
+
+def _count_errors(out: Tensor) -> Tensor:
+    """On a GPU, add the samples of the reference's output that are not finite to the error count (no sync)."""
+    if out.device.type != "cpu" and triton_available():
+        _error_counter(out.device).add_(out.flatten(1).sum(1).isfinite().logical_not().sum())
+    return out
 
 
 def resolve_backend(x: Tensor, params: GINParams, backend: str = "auto", *, check_finite: bool = True) -> str:
@@ -76,47 +116,192 @@ def resolve_backend(x: Tensor, params: GINParams, backend: str = "auto", *, chec
 
 def triton_supports(x: Tensor, params: GINParams) -> str | None:
     """``None`` if the fused kernel can run ``x`` with ``params``, else why not."""
-    try:
-        from fedgin.kernels import unsupported_reason
-    except ImportError as err:  # triton missing on this machine
-        return f"triton is not importable ({err})"
+    if not triton_available():
+        return "triton is not importable"
+    from fedgin.kernels import unsupported_reason
+
     return unsupported_reason(x, params)
 
 
-def gin(x: Tensor, generator: torch.Generator | None = None, backend: str = "auto", *, check_finite: bool = True,
-        **config) -> Tensor:
-    """Draw a GIN for ``x``'s batch and apply it; ``config`` takes :class:`GINConfig`'s fields.
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import fedgin.kernels  # noqa: F401
+    except ImportError:  # triton missing on this machine
+        return False
+    return True
 
-    ``in_channels`` and ``spatial_dims`` default to ``x``'s; ``check_finite``: :func:`gin_apply`'s.
+
+def gin(x: Tensor, generator: torch.Generator | None = None, backend: str = "auto", *, seed: int | None = None,
+        check_finite: bool = True, **config) -> Tensor:
+    """Draw a GIN for ``x``'s batch and apply it: :func:`gin_views` with one view."""
+    return gin_views(x, 1, generator, backend, seed=seed, check_finite=check_finite, **config)[0]
+
+
+def gin_views(x: Tensor, views: int = 1, generator: torch.Generator | None = None, backend: str = "auto", *,
+              seed: int | None = None, check_finite: bool = True, **config) -> Tensor:
+    """``views`` independent GIN draws applied to ``x`` [B, C, *S], as [views, B, C, *S].
+
+    ``config`` takes :class:`GINConfig`'s fields (``in_channels`` and ``spatial_dims`` default to ``x``'s). The
+    networks are the seeded draw (:mod:`fedgin.draw`, :meth:`GINParams.from_seed`) of one seed a call: ``seed``, or
+    one taken from ``generator`` (a CPU generator, default the global RNG), view ``v`` drawing with
+    ``seed + v * 2^31``; the same seed gives the same networks on every backend. On a GPU the kernel draws them:
+    a call is at most two launches (float16: three), with no host-device copy and no sync. Where the host cannot
+    know the seed (a CUDA ``generator``, a CUDA-graph capture, ``torch.compile``), it is drawn on the device from
+    PyTorch's CUDA RNG (each graph replay draws anew) and the kernels run each layer at the pool's largest size,
+    a smaller drawn kernel as its centre. ``check_finite``: :func:`gin_apply`'s.
     """
     _check_batch(x)
+    return _views(x, _config(x, config), views, generator, backend, seed, check_finite)
+
+
+def _views(x: Tensor, cfg: GINConfig, views: int, generator: torch.Generator | None, backend: str,
+           seed: int | None, check_finite: bool) -> Tensor:
+    check_tensor(x, cfg)
+    if isinstance(views, bool) or int(views) != views or views < 1:
+        raise ValueError(f"GIN views must be a positive integer, got {views!r}")
+    if torch.compiler.is_compiling():  # one opaque op, the seed a tensor: no graph break (the op checks the rest)
+        seed_t = (torch.full((1,), _check_seed(seed), dtype=torch.int64, device=x.device) if seed is not None
+                  else torch.randint(0, 2**draw.SEED_BITS, (1,), device=x.device, generator=generator))
+        return torch.ops.fedgin.gin_views(x, seed_t, views, backend, *_op_config(cfg))
+    name = seeded_backend(x.device, x.dtype, cfg, backend)
+    _check_counters(x.shape[0], cfg)
+    if seed is None and name == "triton" and x.is_cuda and (
+            (generator is not None and generator.device.type == "cuda") or torch.cuda.is_current_stream_capturing()):
+        return _triton_views(x, cfg, views, torch.randint(0, 2**draw.SEED_BITS, (1,), device=x.device,
+                                                          generator=generator))
+    seed = _check_seed(seed) if seed is not None else int(torch.randint(0, 2**draw.SEED_BITS, (1,),
+                                                                        generator=generator))
+    check_finite_on_cpu(x, check_finite)
+    if name == "reference":
+        return _reference_views(x, cfg, views, seed)
+    return _triton_views(x, cfg, views, seed)
+
+
+def _reference_views(x: Tensor, cfg: GINConfig, views: int, seed: int) -> Tensor:
+    outs = [reference_apply(x, GINParams.from_seed(x.shape[0], cfg, seed + v * draw.VIEW_STRIDE, device=x.device))
+            for v in range(views)]
+    return _count_errors(torch.stack(outs))
+
+
+def _triton_views(x: Tensor, cfg: GINConfig, views: int, seed: int | Tensor) -> Tensor:
+    """The fused kernel's views, drawn in the kernel: the launch's kernel sizes are each layer's largest among the
+    views (the pool's largest with a device seed: the host cannot read it)."""
+    from fedgin.kernels.launch import Seeded, gin_seeded
+
+    if isinstance(seed, Tensor):
+        ks = cfg.max_sizes()
+    else:
+        ks = cfg.seeded_sizes(seed)
+        for v in range(1, views):
+            ks = tuple(map(max, ks, cfg.seeded_sizes(seed + v * draw.VIEW_STRIDE)))
+    return gin_seeded(x, Seeded(cfg, seed, ks, views))
+
+
+@functools.lru_cache(maxsize=256)
+def seeded_backend(device: torch.device, dtype: torch.dtype, cfg: GINConfig, backend: str) -> str:
+    """:func:`resolve_backend` for a seeded call (its errors; any drawn kernel size must suit the kernel)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown GIN backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "reference":
+        return backend
+    probe = torch.empty((1, cfg.in_channels) + (1,) * cfg.spatial_dims, dtype=dtype)  # its device: below
+    reason = triton_supports(probe, _Shape(cfg))
+    if reason is None and device.type not in ("cuda", "cpu"):
+        reason = f"device {device} (CUDA, or the CPU through Triton's interpreter)"
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and reason is None else "reference"
+    if dtype not in _IO_DTYPES:
+        raise TypeError(f"the Triton GIN backend takes float32, float16 or bfloat16, got {dtype}")
+    if reason is not None:
+        raise ValueError(f"the Triton GIN backend cannot run this call: {reason}")
+    return backend
+
+
+class _Shape:
+    """What :func:`fedgin.kernels.unsupported_reason` reads of a draw: the config and the largest kernel sizes."""
+
+    def __init__(self, cfg: GINConfig) -> None:
+        self.config = cfg
+        self.kernel_sizes = cfg.max_sizes()
+
+
+@functools.lru_cache(maxsize=256)
+def _check_counters(batch: int, cfg: GINConfig) -> None:
+    draw.check_counters(batch, cfg.channels(), cfg.max_sizes(), cfg.spatial_dims)
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**draw.SEED_BITS:
+        raise ValueError(f"a GIN seed must be an integer in [0, 2^{draw.SEED_BITS}), got {seed!r}")
+    return seed
+
+
+def _config(x: Tensor, config: dict) -> GINConfig:
     config.setdefault("in_channels", x.shape[1])
     config.setdefault("spatial_dims", x.dim() - 2)
-    params = GINParams.draw_config(x.shape[0], make_config(**config), device=x.device, generator=generator)
-    return gin_apply(x, params, backend, check_finite=check_finite)
+    if torch.compiler.is_compiling():
+        return make_config(**config)
+    try:
+        return _cached_config(tuple(sorted(config.items())))
+    except TypeError:  # an unhashable option value (a list of sizes): build it
+        return make_config(**config)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_config(items: tuple) -> GINConfig:
+    return make_config(**dict(items))
+
+
+def _op_config(cfg: GINConfig) -> tuple:
+    return (cfg.interm_channels, cfg.n_layers, list(cfg.kernel_sizes), list(cfg.layer_kernel_sizes or ()),
+            cfg.per_sample, float(cfg.slope), float(cfg.eps))
+
+
+@torch.library.custom_op("fedgin::gin_views", mutates_args=())
+def _gin_views_op(x: Tensor, seed: Tensor, views: int, backend: str, interm_channels: int, n_layers: int,
+                  kernel_sizes: list[int], layer_kernel_sizes: list[int], per_sample: bool, slope: float,
+                  eps: float) -> Tensor:
+    """:func:`gin_views` as one operator for ``torch.compile``: ``seed`` an int64 tensor [1] (on a GPU, read by the
+    kernel; on the CPU, read here)."""
+    cfg = GINConfig(x.shape[1], None, interm_channels, n_layers, tuple(kernel_sizes), x.dim() - 2, per_sample, slope,
+                    eps, tuple(layer_kernel_sizes) or None)
+    backend = seeded_backend(x.device, x.dtype, cfg, backend)
+    _check_counters(x.shape[0], cfg)
+    if backend == "triton" and seed.device.type != "cpu":
+        return _triton_views(x, cfg, views, seed)
+    value = int(seed.item())  # a CPU tensor, or the reference on a GPU (which draws on the host)
+    if backend == "reference":
+        return _reference_views(x, cfg, views, value)
+    return _triton_views(x, cfg, views, value)
+
+
+@_gin_views_op.register_fake
+def _(x, seed, views, backend, interm_channels, n_layers, kernel_sizes, layer_kernel_sizes, per_sample, slope, eps):
+    return x.new_empty((views, *x.shape))
 
 
 def warm_up(x: Tensor, backend: str = "auto", **config) -> int:
-    """Run GIN once on ``x`` with each kernel-size tuple a draw of ``config`` can pick; return how many ran.
+    """Run GIN once on ``x`` with each kernel-size tuple a draw of ``config`` can launch; return how many ran.
 
-    On the Triton backend every new tuple compiles a kernel the first time a draw picks it (the default pool of
+    On the Triton backend every new tuple compiles a kernel the first time a call launches it (the default pool of
     sizes 1 and 3 over 4 layers has 16 tuples; on an H200, timing ``fedgin.augment``'s gin while it still drew new
     tuples gave 886 ms a call for 64x3x256², against 0.28 ms for the kernel): call this once before timing or
-    training. Triton also caches the compiled kernels on disk, so
-    a later process loads them. ``config``: :func:`gin`'s. The draws use a generator of their own, so the global
-    random state, and a seeded run after this call, are unchanged.
+    training. Triton also caches the compiled kernels on disk, so a later process loads them. ``config``:
+    :func:`gin`'s. The draws use seeds of their own, so the global random state is unchanged.
     """
     _check_batch(x)
-    config.setdefault("in_channels", x.shape[1])
-    config.setdefault("spatial_dims", x.dim() - 2)
-    cfg = make_config(**config)
+    cfg = _config(x, config)
     tuples = ([cfg.layer_kernel_sizes] if cfg.layer_kernel_sizes is not None
               else list(itertools.product(cfg.kernel_sizes, repeat=cfg.n_layers)))
-    generator = torch.Generator().manual_seed(0)
+    name = seeded_backend(x.device, x.dtype, cfg, backend)
     for ks in tuples:
-        params = GINParams.draw_config(x.shape[0], replace(cfg, layer_kernel_sizes=ks), device=x.device,
-                                       generator=generator)
-        gin_apply(x, params, backend)
+        if name == "reference":
+            _reference_views(x, cfg, 1, 0)
+            continue
+        from fedgin.kernels.launch import Seeded, gin_seeded
+
+        gin_seeded(x, Seeded(cfg, 0, ks))
     return len(tuples)
 
 
@@ -140,21 +325,26 @@ def make_config(**config) -> GINConfig:
 
 
 class GIN(torch.nn.Module):
-    """GIN as a module: holds the config, draws a fresh network for every call (batch-level, any device)."""
+    """GIN as a module: holds the config, draws fresh networks for every call (:func:`gin_views`), any device.
 
-    def __init__(self, backend: str = "auto", **config) -> None:
+    ``views``: independent draws a call, returned as [views, B, C, *S] (1: [B, C, *S]).
+    """
+
+    def __init__(self, backend: str = "auto", views: int = 1, **config) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown GIN backend {backend!r}; choose one of {BACKENDS}")
+        if isinstance(views, bool) or int(views) != views or views < 1:
+            raise ValueError(f"GIN views must be a positive integer, got {views!r}")
         self.config = make_config(**config)
         self.backend = backend
+        self.views = views
 
     @torch.no_grad()
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         _check_batch(x)
-        params = GINParams.draw_config(x.shape[0], self.config, device=x.device, generator=generator)
-        return gin_apply(x, params, self.backend)
+        out = _views(x, self.config, self.views, generator, self.backend, None, True)
+        return out[0] if self.views == 1 else out
 
     def extra_repr(self) -> str:
-        return f"{self.config}, backend={self.backend!r}"
-
+        return f"{self.config}, backend={self.backend!r}, views={self.views}"

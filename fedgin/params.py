@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from fedgin import draw
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,14 @@ class GINConfig:
         """(C_in, C_out) of every layer: C_in -> M -> ... -> M -> C_out."""
         m, n = self.interm_channels, self.n_layers
         return [(self.in_channels if l == 0 else m, self.out_channels if l == n - 1 else m) for l in range(n)]
+
+    def max_sizes(self) -> tuple[int, ...]:
+        """Each layer's largest kernel size: its fixed size, or the pool's largest (the seeded draw's weight cube)."""
+        return self.layer_kernel_sizes or (max(self.kernel_sizes),) * self.n_layers
+
+    def seeded_sizes(self, seed: int) -> tuple[int, ...]:
+        """The kernel sizes the seeded draw of ``seed`` gives each layer (:mod:`fedgin.draw`)."""
+        return self.layer_kernel_sizes or draw.kernel_sizes(seed, self.kernel_sizes, self.n_layers)
 
 
 @dataclass
@@ -146,6 +157,33 @@ class GINParams:
         ws, bs = moved[:len(ws)], moved[len(ws):]
         return cls(tuple(ks), [w.expand(batch, *w.shape[1:]) for w in ws], [b.expand(batch, -1) for b in bs],
                    alphas, cfg, drawn if gen_device.type == "cpu" and dev.type != "cpu" else None)
+
+    @classmethod
+    def from_seed(cls, batch: int, cfg: GINConfig, seed: int, device: torch.device | str | None = None) -> GINParams:
+        """The seeded draw of ``seed`` (:mod:`fedgin.draw`): the network the fused kernel draws on the device for the
+        same seed, computed here on the host (moved to ``device``, keeping its CPU copy)."""
+        if int(batch) < 1:
+            raise ValueError(f"GIN needs a non-empty batch, got batch={batch}")
+        if not 0 <= seed < 2**draw.SEED_BITS + 8 * draw.VIEW_STRIDE:
+            raise ValueError(f"a GIN seed must be in [0, 2^{draw.SEED_BITS}), got {seed}")
+        layers, kms, d = cfg.channels(), cfg.max_sizes(), cfg.spatial_dims
+        draw.check_counters(batch, layers, kms, d)
+        ks = cfg.seeded_sizes(seed)
+        nets = np.arange(batch if cfg.per_sample else 1)
+        blocks = draw.sample_block(seed, nets, layers, kms, d)
+        alphas = blocks[:, -1] if cfg.per_sample else draw.alphas(seed, np.arange(batch), layers, kms, d)
+        n = len(nets)
+        weights, biases, at = [], [], 0
+        for (cin, cout), k, km in zip(layers, ks, kms, strict=True):
+            cube = blocks[:, at:at + cout * cin * km**d].reshape(n, cout, cin, *(km,) * d)
+            lo = (km - k) // 2
+            weights.append(torch.from_numpy(np.ascontiguousarray(cube[(...,) + (slice(lo, lo + k),) * d])))
+            at += cout * cin * km**d
+            biases.append(torch.from_numpy(np.ascontiguousarray(blocks[:, at:at + cout])))
+            at += cout
+        host = cls(ks, [w.expand(batch, *w.shape[1:]) for w in weights], [b.expand(batch, -1) for b in biases],
+                   torch.from_numpy(np.ascontiguousarray(alphas)), cfg)
+        return host if device is None or torch.device(device).type == "cpu" else host.to(device)
 
     def to(self, device: torch.device | str) -> GINParams:
         """The same draw on another device (moved from the CPU, it keeps its CPU copy: :meth:`on_host`)."""

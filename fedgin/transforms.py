@@ -14,8 +14,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import MAX_SEED, TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from fedgin.gin import BACKENDS, GIN, gin_apply, make_config
-from fedgin.params import GINParams
+from fedgin.gin import BACKENDS, GIN, gin, make_config
 
 _FROM_IMAGE = ("in_channels", "out_channels", "spatial_dims")
 
@@ -27,8 +26,9 @@ class RandGIN(RandomizableTransform):
     come from the image. ``replicate_to`` replicates a 1-channel image to that many channels first (the
     original GIN runs on grayscale copied to 3 channels; an image that has them already passes as it is);
     the output has that many channels whether GIN was applied or not. The network is drawn from a seed
-    taken from ``self.R``, so ``set_random_state`` makes the transform deterministic, and the same seed
-    gives the same network on any device or backend.
+    taken from ``self.R`` (the seeded draw, :func:`fedgin.gin`'s ``seed``), so ``set_random_state`` makes the
+    transform deterministic, and the same seed gives the same network on any device or backend. On a GPU the call
+    does not wait for the device: non-finite input is reported by :func:`fedgin.check_errors`.
     The output has the input's type (numpy array, tensor or MetaTensor with its metadata) and dtype.
     """
 
@@ -60,9 +60,7 @@ class RandGIN(RandomizableTransform):
         if not self._do_transform:
             return self.replicate(img)
         x = self._channels(img, tensor=True)
-        cfg = make_config(in_channels=x.shape[0], spatial_dims=x.dim() - 1, **self.config)
-        params = GINParams.draw_config(1, cfg, device=x.device, generator=torch.Generator().manual_seed(self._seed))
-        out = gin_apply(x[None], params, self.gin_backend, check_finite=False)  # _channels checked it
+        out = gin(x[None], backend=self.gin_backend, seed=self._seed, check_finite=False, **self.config)
         return convert_to_dst_type(out[0], dst=img)[0]
 
     def replicate(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -91,7 +89,7 @@ class RandGIN(RandomizableTransform):
         values = convert_to_tensor(img, track_meta=False)  # a view of an array or tensor, not a copy
         if not values.is_floating_point():
             raise TypeError(f"RandGIN input must be floating point (float32, float16 or bfloat16), got {img.dtype}")
-        if not bool(torch.isfinite(values).all()):
+        if values.device.type == "cpu" and not bool(torch.isfinite(values).all()):  # on a GPU: fedgin.check_errors
             raise ValueError("RandGIN input contains non-finite values (NaN or Inf)")
         n = self.replicate_to
         if n is None or shape[0] == n:

@@ -59,7 +59,7 @@ class Shape:
 
         self.kernel_sizes = kernel_sizes
         self.config = GINConfig(in_channels=channels, interm_channels=interm, n_layers=len(kernel_sizes),
-                                per_sample=per_sample)
+                                kernel_sizes=(1, 3) if max(kernel_sizes) <= 3 else (1, 3, 5), per_sample=per_sample)
 
 
 def specializations() -> Iterator[tuple[tuple[int, ...], tuple[int, ...], torch.dtype, int, int]]:
@@ -87,8 +87,10 @@ def _signature(kernel, args: dict, dtype: torch.dtype) -> tuple[dict, dict]:
     for name in names:
         if name in ("x_ptr", "out_ptr"):
             sig[name] = _PTR[dtype]
-        elif name == "cnt_ptr":
+        elif name in ("cnt_ptr", "tab_ptr", "err_ptr"):
             sig[name] = "*i32"
+        elif name == "seed_ptr":
+            sig[name] = "*i64"
         elif name.endswith("_ptr"):
             sig[name] = "*fp32"
         elif kernel.params[names.index(name)].is_constexpr:
@@ -116,25 +118,28 @@ def _ptxas_report(ptx: str) -> str:
                       if "registers" in line or "spill" in line)
 
 
-def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None) -> str:
-    """Compile one stream-kernel specialization for sm_90 (``plan``: default :func:`make_plan`'s); returns
-    the ptxas register/spill report."""
-    plan, compiled = compiled_stream(shape, kernel_sizes, dtype, channels, interm, mode, plan)
+def compile_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None,
+                   draw: bool = False) -> str:
+    """Compile one stream-kernel specialization for sm_90 (``plan``: default :func:`make_plan`'s; ``draw``: the
+    seeded call's, drawing its parameters in the kernel); returns the ptxas register/spill report."""
+    plan, compiled = compiled_stream(shape, kernel_sizes, dtype, channels, interm, mode, plan, draw)
     return f"{plan} | {_ptxas_report(compiled.asm['ptx'])}"
 
 
-def compiled_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None):
+def compiled_stream(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None,
+                    draw: bool = False):
     """(plan, Triton's compiled kernel for sm_90): its ``asm`` holds the PTX and the cubin."""
-    plan, source, options = stream_source(shape, kernel_sizes, dtype, channels, interm, mode, plan)
+    plan, source, options = stream_source(shape, kernel_sizes, dtype, channels, interm, mode, plan, draw)
     return plan, triton.compile(source, target=TARGET, options=options)
 
 
-def stream_source(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None):
+def stream_source(shape, kernel_sizes, dtype, channels, interm, mode: int, plan: Plan | None = None,
+                  draw: bool = False):
     """(plan, the stream kernel's source specialized as a launch would, compile options)."""
     params = Shape(tuple(kernel_sizes), channels, interm)
     plan = plan or make_plan(tuple(shape), params.kernel_sizes, interm, finish=mode == int(gin.STORE_FINISH))
     # prm_stride: a multiple of 16 (pack_params), which a launch specializes on as it does on aligned pointers
-    args = stream_args(torch.empty(shape, device="meta"), params, plan) | {"MODE": mode, "prm_stride": 16}
+    args = stream_args(torch.empty(shape, device="meta"), params, plan, draw) | {"MODE": mode, "prm_stride": 16}
     if plan.wargs:
         args["wargs"] = (0.5,) * arg_floats(channels, interm, params.kernel_sizes, len(shape) - 2)
     sig, const = _signature(gin.gin_stream_kernel, args, dtype)
@@ -157,6 +162,7 @@ def stream_jobs() -> list[list[tuple[str, tuple]]]:
     jobs: dict[tuple, list[tuple[str, tuple]]] = {}
     for shape, ks, dtype, c, m in specializations():
         variants = [(mode, {}) for mode in dict.fromkeys(stream_modes(dtype) + stream_modes(dtype, finish=True))]
+        variants.append((stream_modes(dtype)[0], {"draw": True}))  # the seeded call's first launch (the default)
         if shape in ALTERNATIVES and dtype == torch.float32:  # the default tiles' alternatives in the plan sweep
             variants += [(stream_modes(dtype)[0], overrides) for overrides in ALTERNATIVES[shape]]
         x = torch.empty(shape, dtype=dtype, device="meta")
@@ -165,10 +171,11 @@ def stream_jobs() -> list[list[tuple[str, tuple]]]:
                 variants += [(mode, {"wargs": True, "shared_network": not per_sample}) for mode in stream_modes(dtype)]
         for mode, overrides in variants:
             label = f"stream {shape} ks={ks} C={c} M={m} {dtype} mode={mode} {overrides or 'default plan'}"
+            draw = overrides.pop("draw", False)
             plan = make_plan(shape, ks, m, finish=mode == int(gin.STORE_FINISH), **overrides)
-            _, source, options = stream_source(shape, ks, dtype, c, m, mode, plan)
+            _, source, options = stream_source(shape, ks, dtype, c, m, mode, plan, draw)
             jobs.setdefault((source.hash(), tuple(sorted(options.items()))), []).append(
-                (label, (shape, ks, dtype, c, m, mode, plan)))
+                (label, (shape, ks, dtype, c, m, mode, plan, draw)))
     return list(jobs.values())
 
 

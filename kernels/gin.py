@@ -52,8 +52,10 @@ def _total(t):
 
 
 @triton.jit
-def _sample_scale(part_ptr, b, n_tiles, eps, PBLOCK: tl.constexpr):
-    """``||x_b|| / (||mixed_b|| + eps)`` from the sample's per-tile partial sums, in a fixed order."""
+def _sample_scale(part_ptr, b, n_tiles, eps, err_ptr, report, PBLOCK: tl.constexpr):
+    """``||x_b|| / (||mixed_b|| + eps)`` from the sample's per-tile partial sums, in a fixed order. Where ``report``
+    (one program a sample) and a sum is not finite (non-finite input, or a mix past float32's range), it adds 1 to the
+    error counter at ``err_ptr``: the host reads it when it chooses, so no call waits for the device."""
     sx = tl.full((PBLOCK,), 0.0, tl.float32)
     sm = tl.full((PBLOCK,), 0.0, tl.float32)
     for s0 in range(0, n_tiles, PBLOCK):
@@ -61,7 +63,46 @@ def _sample_scale(part_ptr, b, n_tiles, eps, PBLOCK: tl.constexpr):
         q = part_ptr + (b.to(tl.int64) * n_tiles + idx) * 2
         sx += tl.load(q, mask=idx < n_tiles, other=0.0, cache_modifier=".cg")  # L2: other CTAs wrote them
         sm += tl.load(q + 1, mask=idx < n_tiles, other=0.0, cache_modifier=".cg")
-    return tl.sqrt(tl.reduce(sx, 0, _add)) / (tl.sqrt(tl.reduce(sm, 0, _add)) + eps)
+    tx = tl.reduce(sx, 0, _add)
+    tm = tl.reduce(sm, 0, _add)
+    finite = (tx < float("inf")) & (tm < float("inf"))  # NaN compares false
+    if report & (finite == 0):
+        tl.atomic_add(err_ptr, 1)
+    return tl.sqrt(tx) / (tl.sqrt(tm) + eps)
+
+
+@triton.jit
+def _philox(counter, k0, k1):
+    """The first two words of Philox4x32-10 at ``counter`` (uint32) with key ``(k0, k1)`` (``fedgin.draw.philox``)."""
+    z = counter * 0
+    a, b, _, _ = tl.philox_impl(counter, z, z, z, k0, k1)
+    return a, b
+
+
+@triton.jit
+def _draw_row(p_ptr, tab_ptr, k0, k1, net_base, PRM: tl.constexpr, POOL: tl.constexpr, DBLOCK: tl.constexpr):
+    """Draw a sample's packed parameter row (``PRM`` floats) into ``p_ptr``: entry ``j`` of the draw table says which
+    number of the sample's block (counter ``net_base`` + its index) fills it, whether it is a weight (normal) or
+    padding (0), its layer and its ring (a tap's distance from the kernel's centre). With a pool of sizes (``POOL``),
+    a tap outside its layer's drawn kernel is zero, so a launch whose kernels are larger than a draw's runs it exactly
+    (``fedgin.draw`` and :func:`fedgin.kernels.launch.draw_table`)."""
+    for j0 in range(0, PRM, DBLOCK):
+        idx = j0 + tl.arange(0, DBLOCK)
+        e = tl.load(tab_ptr + idx, mask=idx < PRM, other=0)
+        a, b = _philox((net_base + (e & 0xFFFFF)).to(tl.uint32), k0, k1)
+        val, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(a), tl.uint_to_uniform_float(b))
+        keep = (e >> 28) == 1
+        if len(POOL) > 1:  # the layer's drawn size: word l % 4 at counter l // 4, scaled to the pool by its high half
+            layer = (e >> 20) & 0xF
+            z = (layer * 0).to(tl.uint32)
+            w0, w1, w2, w3 = tl.philox_impl((layer // 4).to(tl.uint32), z, z, z, k0, k1)
+            w = tl.where(layer % 4 == 0, w0, tl.where(layer % 4 == 1, w1, tl.where(layer % 4 == 2, w2, w3)))
+            pick = tl.math.umulhi(w, len(POOL))
+            radius = pick * 0
+            for i in tl.static_range(len(POOL)):
+                radius = tl.where(pick == i, POOL[i] // 2, radius)
+            keep = keep & (((e >> 24) & 0xF) <= radius)
+        tl.store(p_ptr + idx, tl.where(keep, val, 0.0), mask=idx < PRM)
 
 
 @triton.jit
@@ -222,15 +263,17 @@ def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S
     return done, new_pend
 
 
-# view_step is 1 or 2 in GIN-IPA, b0 and v0 any sample and view: one compiled kernel serves them all
-@triton.jit(do_not_specialize=["view_step", "nb", "b0", "v0"])
+# b0 and v0 any sample and view, the seed's halves any value: one compiled kernel serves them all
+@triton.jit(do_not_specialize=["view_step", "nb", "b0", "v0", "seed_lo", "seed_hi", "block", "shared"])
 def gin_stream_kernel(
-    x_ptr, out_ptr, prm_ptr, part_ptr, cnt_ptr, scr_ptr,
+    x_ptr, out_ptr, prm_ptr, part_ptr, cnt_ptr, scr_ptr, seed_ptr, tab_ptr, err_ptr,
     S, P, W, zc, n_steps, n_wt, n_pt, n_tiles, prm_stride, view_step, nb, b0, v0, slope, eps, wargs,
+    seed_lo, seed_hi, block, shared,
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
     FBLOCK: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr, GUARD: tl.constexpr, WARGS: tl.constexpr,
-    SP: tl.constexpr, SKEW: tl.constexpr, REGIONS: tl.constexpr, IDLE: tl.constexpr,
+    SP: tl.constexpr, SKEW: tl.constexpr, REGIONS: tl.constexpr, IDLE: tl.constexpr, DRAW: tl.constexpr,
+    POOL: tl.constexpr,
 ):
     """GIN over one tile of one sample; grid ``(n_tiles, B, V)``, or ``(n_tiles, 1, 1)`` with ``WARGS``. See the
     module docstring.
@@ -260,6 +303,13 @@ def gin_stream_kernel(
     longer. ``IDLE``: per layer, the leading steps in which its work reaches no plane the output needs
     (:func:`fedgin.kernels.launch.idle_steps`); it skips their multiply-adds, loads and scratch traffic, and the
     planes the output needs get the same sums in the same order.
+
+    ``DRAW``: the program draws its parameters from the seed (``fedgin.draw``) before it streams: the key is the
+    int64 at ``seed_ptr`` (0 in eager calls; a device-drawn seed in captured or compiled ones) plus the halves
+    ``seed_lo``/``seed_hi``, view ``v`` adding ``v`` to the high half; sample ``b``'s numbers start at counter
+    ``16 + b * block`` (sample 0's with ``shared``). Each program writes its sample's row to ``prm_ptr`` through the
+    draw table at ``tab_ptr`` (the programs of a sample write the same bits), then streams as if it had been packed
+    on the host; the alpha comes straight from the draw. ``err_ptr``: the error counter (:func:`_sample_scale`).
     """
     L: tl.constexpr = len(KS)
     C: tl.constexpr = CH[0]
@@ -300,14 +350,24 @@ def gin_stream_kernel(
     REGION: tl.constexpr = CH[1] * TH * TW  # one plane of a later layer's input channels
     s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * (REGIONS * REGION)
     tile_off = rows * TW + tl.arange(0, TW)[None, :]
-    if WARGS:  # prm_ptr: the rows' alphas
+    if DRAW:
+        sd = tl.load(seed_ptr)
+        k0 = ((sd & 0x7FFFFFFF) + seed_lo).to(tl.uint32)
+        k1 = ((sd >> 31) + seed_hi + v).to(tl.uint32)
+        a, _ = _philox((16 + b * block + block - 1).to(tl.uint32), k0, k1)
+        alpha = tl.uint_to_uniform_float(a)
+        PRM: tl.constexpr = (OFF[L] + 16) // 16 * 16
+        _draw_row(p_b, tab_ptr, k0, k1, 16 + b * (1 - shared) * block, PRM, POOL, 128)
+        tl.store(p_b + PRM - 1, alpha)  # for a second pass (float16) that reads the row
+        tl.debug_barrier()  # the row is all there before any lane reads it
+    elif WARGS:  # prm_ptr: the rows' alphas
         alpha = tl.load(prm_ptr + row)
     else:
         alpha = tl.load(p_b + prm_stride - 1)
 
     scale = 1.0
     if MODE == STORE_SCALED:
-        scale = _sample_scale(part_ptr, row, n_tiles, eps, PBLOCK)
+        scale = _sample_scale(part_ptr, row, n_tiles, eps, err_ptr, tile == 0, PBLOCK)
 
     # pending partial planes of every layer: COUT * (K - 1) tiles each
     pend = ()
@@ -373,13 +433,13 @@ def gin_stream_kernel(
         # program to arrive makes all of the sample's stores visible to it (the CUTLASS semaphore pattern)
         tl.debug_barrier()
         if tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel", scope="gpu") == n_tiles - 1:
-            _finish(o_b, part_ptr, row, n_tiles, C * N64, eps, PBLOCK, FBLOCK)
+            _finish(o_b, part_ptr, row, n_tiles, C * N64, eps, err_ptr, PBLOCK, FBLOCK)
 
 
 @triton.jit
-def _finish(o_ptr, part_ptr, row, n_tiles, numel, eps, PBLOCK: tl.constexpr, FBLOCK: tl.constexpr):
+def _finish(o_ptr, part_ptr, row, n_tiles, numel, eps, err_ptr, PBLOCK: tl.constexpr, FBLOCK: tl.constexpr):
     """Renormalize the ``numel`` stored mixed values at ``o_ptr`` (one sample) with partial-norm row ``row``."""
-    scale = _sample_scale(part_ptr, row, n_tiles, eps, PBLOCK)
+    scale = _sample_scale(part_ptr, row, n_tiles, eps, err_ptr, True, PBLOCK)
     for i0 in range(0, numel, FBLOCK):
         offs = i0 + tl.arange(0, FBLOCK)
         v = tl.load(o_ptr + offs, mask=offs < numel, other=0.0, cache_modifier=".cg").to(tl.float32)
@@ -387,13 +447,14 @@ def _finish(o_ptr, part_ptr, row, n_tiles, numel, eps, PBLOCK: tl.constexpr, FBL
 
 
 @triton.jit
-def gin_scale_kernel(out_ptr, part_ptr, n_tiles, numel, eps, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
-    """Renormalize stored mixed values in place: ``out[b] *= ||x_b|| / (||mixed_b|| + eps)``; grid (blocks, B).
+def gin_scale_kernel(out_ptr, part_ptr, err_ptr, n_tiles, numel, eps, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
+    """Renormalize stored mixed values in place: ``out[b] *= ||x_b|| / (||mixed_b|| + eps)``; grid (blocks, B), the
+    rows ``B`` of every view of the call.
 
     In reverse order of the stream's writes (last sample, last block first): the first CTAs find their data in L2.
     """
     b = tl.num_programs(1) - 1 - tl.program_id(1)
-    scale = _sample_scale(part_ptr, b, n_tiles, eps, PBLOCK)
+    scale = _sample_scale(part_ptr, b, n_tiles, eps, err_ptr, tl.program_id(0) == 0, PBLOCK)
     offs = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     ptr = out_ptr + sample_base(b, 0, 1, numel) + offs
@@ -402,8 +463,8 @@ def gin_scale_kernel(out_ptr, part_ptr, n_tiles, numel, eps, BLOCK: tl.constexpr
 
 
 @triton.jit
-def gin_ipa_kernel(out_ptr, mask_ptr, part1_ptr, part2_ptr, part3_ptr, n_tiles1, n_tiles2, n_tiles3, B, C, n_sp,
-                   eps, SCALED: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
+def gin_ipa_kernel(out_ptr, mask_ptr, part1_ptr, part2_ptr, part3_ptr, err_ptr, n_tiles1, n_tiles2, n_tiles3, B, C,
+                   n_sp, eps, SCALED: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
     """GIN-IPA's views in place in ``out`` [3, B, C, n_sp] holding GIN1..3 of the batch; grid (blocks, B).
 
     ``view1 = m * GIN1 + (1 - m) * GIN2``, ``view2 = (1 - m) * GIN1 + m * GIN2`` with the sample's mask ``m``
@@ -418,9 +479,10 @@ def gin_ipa_kernel(out_ptr, mask_ptr, part1_ptr, part2_ptr, part3_ptr, n_tiles1,
     s2 = 1.0
     s3 = 1.0
     if not SCALED:
-        s1 = _sample_scale(part1_ptr, b, n_tiles1, eps, PBLOCK)
-        s2 = _sample_scale(part2_ptr, b, n_tiles2, eps, PBLOCK)
-        s3 = _sample_scale(part3_ptr, b, n_tiles3, eps, PBLOCK)
+        first = tl.program_id(0) == 0
+        s1 = _sample_scale(part1_ptr, b, n_tiles1, eps, err_ptr, first, PBLOCK)
+        s2 = _sample_scale(part2_ptr, b, n_tiles2, eps, err_ptr, first, PBLOCK)
+        s3 = _sample_scale(part3_ptr, b, n_tiles3, eps, err_ptr, first, PBLOCK)
     m = tl.load(mask_ptr + sample_base(b, 0, 1, n_sp) + offs, mask=inside, other=0.0)
     for c in range(C):
         p1 = out_ptr + sample_base(b, c, C, n_sp) + offs

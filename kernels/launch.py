@@ -316,6 +316,7 @@ def _layer_offsets(channels: int, interm: int, kernel_sizes: tuple[int, ...], sp
     return off
 
 
+@functools.lru_cache(maxsize=256)
 def arg_floats(channels: int, interm: int, kernel_sizes: tuple[int, ...], spatial_dims: int) -> int:
     """Floats of a :func:`pack_params` row before its alpha (the weights and biases, padded as packed): what a
     ``wargs`` launch passes as kernel arguments."""
@@ -331,14 +332,20 @@ def _wargs_fit(channels: int, interm: int, kernel_sizes: tuple[int, ...], spatia
     return floats
 
 
-def stream_args(x: Tensor, params, plan: Plan) -> dict:
+def stream_args(x: Tensor, params, plan: Plan, draw: bool = False) -> dict:
     """Runtime and constexpr arguments of :func:`.gin.gin_stream_kernel`, less the pointers and MODE (with
-    ``plan.wargs`` a launch also sets ``b0``, ``v0`` and ``wargs``). A new dict each call."""
-    return dict(_stream_args(tuple(x.shape), tuple(params.kernel_sizes), params.config, plan))
+    ``plan.wargs`` a launch also sets ``b0``, ``v0`` and ``wargs``; with ``draw``, the seed's). A new dict each
+    call."""
+    return dict(_stream_args(tuple(x.shape), tuple(params.kernel_sizes), params.config, plan, draw))
+
+
+def draw_pool(cfg) -> tuple[int, ...]:
+    """The kernel sizes a seeded draw picks each layer's from (``DRAW``'s ``POOL``), or ``()`` where they are fixed."""
+    return cfg.kernel_sizes if cfg.layer_kernel_sizes is None and len(cfg.kernel_sizes) > 1 else ()
 
 
 @functools.lru_cache(maxsize=256)  # a training loop calls with a handful of shapes: build each once (host time)
-def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan) -> dict:
+def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan, draw: bool = False) -> dict:
     spatial_dims = len(shape) - 2
     s, p, w = (shape[2], 1, shape[3]) if spatial_dims == 2 else shape[2:]
     rs = sum(k // 2 for k in ks)
@@ -349,13 +356,13 @@ def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan) -
         S=s, P=p, W=w, zc=plan.zc, n_steps=-(-(plan.zc + 2 * rs) // plan.planes) + (len(ks) - 1) * plan.skew,
         n_wt=plan.n_wt, n_pt=plan.n_pt,
         n_tiles=plan.n_tiles, view_step=1, nb=shape[0], b0=0, v0=0, slope=float(cfg.slope),
-        eps=float(cfg.eps), wargs=(), WARGS=plan.wargs,
+        eps=float(cfg.eps), wargs=(), seed_lo=0, seed_hi=0, block=1, shared=0, WARGS=plan.wargs,
         CH=tuple(ch), OFF=tuple(off), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
         SCRATCH=plan.scratch, GUARD=scratch_guard(plan), SP=plan.planes, SKEW=plan.skew,
         REGIONS=scratch_regions(plan, len(ks)), IDLE=idle_steps(ks, plan) if plan.idle else (0,) * len(ks),
-        num_warps=plan.num_warps,
+        DRAW=draw, POOL=draw_pool(cfg) if draw else (), num_warps=plan.num_warps,
         # the scratch is read back after a barrier: no software pipelining may move those loads
         **({"num_stages": 1} if plan.scratch else {}),
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
@@ -443,40 +450,118 @@ def _plan_for(x: Tensor, draws: Sequence, plan: Plan | None) -> Plan:
     return plan
 
 
-def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int = 1, finish: bool = False) -> Tensor:
+def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int = 1, finish: bool = False,
+            seeded: Seeded | None = None) -> Tensor:
     """The stream launches of ``draws`` (parameters for ``x``'s batch, one kernel-size tuple) as one grid: draw
     ``v`` writes ``out`` [views, B, C, *S] view ``v * view_step``; ``finish``: renormalized in the same launch.
-    Returns the partial norms [V * B, tiles, 2]."""
-    first = draws[0]
-    rows = len(draws) * x.shape[0]
-    part = torch.empty((rows, plan.n_tiles, 2), dtype=torch.float32, device=x.device)
-    if plan.wargs:  # weights and biases as kernel arguments, the alphas read
-        prm = torch.cat([p.alphas.reshape(-1) for p in draws]).to(device=x.device, dtype=torch.float32)
-        launches = _wargs_launches(draws, x.dim() - 2)
+    ``seeded`` (``draws`` empty): the views are drawn in the kernel from its seed instead. Returns the partial norms
+    [V * B, tiles, 2]."""
+    views = seeded.views if seeded is not None else len(draws)
+    cfg = seeded.cfg if seeded is not None else draws[0].config
+    ks = seeded.kernel_sizes if seeded is not None else tuple(draws[0].kernel_sizes)
+    dims = x.dim() - 2
+    rows = views * x.shape[0]
+    dev = x.device
+    part = torch.empty((rows, plan.n_tiles, 2), dtype=torch.float32, device=dev)
+    tab, seed_t = part, part  # read only where seeded
+    args = dict(_stream_args(tuple(x.shape), ks, cfg, plan, seeded is not None)) | {"view_step": view_step}
+    if seeded is not None:  # each program draws its sample's row into prm
+        prm = torch.empty((rows, _round_up(arg_floats(cfg.in_channels, cfg.interm_channels, ks, dims) + 1, 16)),
+                          dtype=torch.float32, device=dev)
+        tab = draw_table(ks, tuple(cfg.channels()), cfg.max_sizes(), dims, dev)
+        seed_t = seeded.seed if isinstance(seeded.seed, Tensor) else _zero_seed(dev)
+        seed = 0 if isinstance(seeded.seed, Tensor) else seeded.seed
+        args |= {"seed_lo": seed & 0x7FFFFFFF, "seed_hi": seed >> 31, "block": block_floats(cfg, dims),
+                 "shared": int(not cfg.per_sample)}
+    elif plan.wargs:  # weights and biases as kernel arguments, the alphas read
+        launches = _wargs_launches(draws, dims)
+        prm = torch.cat([p.alphas.reshape(-1) for p in draws]).to(device=dev, dtype=torch.float32)
     else:
-        packed = [pack_params(p, x.dim() - 2) for p in draws]
+        packed = [pack_params(p, dims) for p in draws]
         prm = packed[0] if len(packed) == 1 else torch.cat(packed)  # one draw (plain GIN): no copy
     modes = stream_modes(x.dtype, finish)
     # the per-sample counters of STORE_FINISH; the other modes never read it: no allocation or memset for them
-    cnt = (torch.zeros(rows, dtype=torch.int32, device=x.device) if int(STORE_FINISH) in modes
+    cnt = (torch.zeros(rows, dtype=torch.int32, device=dev) if int(STORE_FINISH) in modes
            else part.view(torch.int32))
     scratch = part  # read only with plan.scratch
     if plan.scratch:
-        region = scratch_regions(plan, len(first.kernel_sizes)) * first.config.interm_channels * plan.th * plan.tw
+        region = scratch_regions(plan, len(ks)) * cfg.interm_channels * plan.th * plan.tw
         # zeroed: an edge lane's read of a region not yet written (or of a guard) gives a finite halo value
-        scratch = torch.zeros(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32,
-                              device=x.device)
-    args = stream_args(x, first, plan) | {"view_step": view_step}
+        scratch = torch.zeros(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32, device=dev)
     kernel = _runner("gin_stream_kernel", x)
+    err = error_counter(dev)
     for mode in modes:
         if not plan.wargs:
-            kernel[(plan.n_tiles, x.shape[0], len(draws))](x, out, prm, part, cnt, scratch, prm_stride=prm.shape[1],
-                                                          MODE=mode, **args)
+            kernel[(plan.n_tiles, x.shape[0], views)](x, out, prm, part, cnt, scratch, seed_t, tab, err,
+                                                      prm_stride=prm.shape[1], MODE=mode, **args)
+            if args["DRAW"]:  # float16's second pass reads the rows the first drew
+                args = dict(_stream_args(tuple(x.shape), ks, cfg, plan, False)) | {"view_step": view_step}
             continue
         for samples, b, v, wargs in launches:
-            kernel[(plan.n_tiles, samples, 1)](x, out, prm, part, cnt, scratch, prm_stride=16, MODE=mode,
-                                               **(args | {"b0": b, "v0": v, "wargs": wargs}))
+            kernel[(plan.n_tiles, samples, 1)](x, out, prm, part, cnt, scratch, seed_t, tab, err, prm_stride=16,
+                                               MODE=mode, **(args | {"b0": b, "v0": v, "wargs": wargs}))
     return part
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """A call's views drawn in the kernel (``fedgin.draw``): ``seed`` a Python int (eager calls: the kernel's
+    arguments) or an int64 tensor on the device (captured or compiled calls); ``kernel_sizes`` the launch's, at
+    least each view's drawn size per layer (a smaller kernel runs as the centre of a larger one)."""
+
+    cfg: object
+    seed: int | Tensor
+    kernel_sizes: tuple[int, ...]
+    views: int = 1
+
+
+@functools.lru_cache(maxsize=64)
+def block_floats(cfg, spatial_dims: int) -> int:
+    """Numbers of a sample's block in the seeded draw (``fedgin.draw.block_floats``)."""
+    return sum(cout * cin * km**spatial_dims + cout
+               for (cin, cout), km in zip(cfg.channels(), cfg.max_sizes(), strict=True)) + 1
+
+
+@functools.lru_cache(maxsize=64)
+def draw_table(kernel_sizes: tuple[int, ...], layers: tuple[tuple[int, int], ...], max_sizes: tuple[int, ...],
+               spatial_dims: int, device: torch.device) -> Tensor:
+    """For each float of a :func:`pack_params` row of a launch with ``kernel_sizes``, what the seeded draw puts
+    there (int32, one a float): bits 0-19 the index of its number in the sample's block (``fedgin.draw``: each
+    layer's weights in the cube of its largest size, then its biases), 20-23 its layer, 24-27 its ring (a tap's
+    largest offset from the kernel's centre), 28-29 what it is (1 a weight or bias, 0 padding or alpha). ``layers``:
+    each layer's (C_in, C_out); ``max_sizes``: each layer's largest size (the cube its weights are numbered in). Built
+    once per tuple and device."""
+    table: list[int] = []
+    base = 0
+    for layer, (k, km, (cin, cout)) in enumerate(zip(kernel_sizes, max_sizes, layers, strict=True)):
+        kp, kmp = (k, km) if spatial_dims == 3 else (1, 1)
+        for ci in range(cin):
+            for dp in range(kp):
+                for dw in range(k):
+                    group = []
+                    for co in range(cout):
+                        for m in range(k):
+                            s, p, w = (k - 1 - m) - k // 2, dp - kp // 2, dw - k // 2  # offsets from the centre
+                            raw = base + (((co * cin + ci) * km + s + km // 2) * kmp + p + kmp // 2) * km + w + km // 2
+                            group.append(raw | layer << 20 | max(abs(s), abs(p), abs(w)) << 24 | 1 << 28)
+                    table += group + [0] * (_round_up(len(group), 4) - len(group))
+        base += cout * cin * km * kmp * km
+        table += [base + co | layer << 20 | 1 << 28 for co in range(cout)] + [0] * (_round_up(cout, 4) - cout)
+        base += cout
+    table += [0] * (_round_up(len(table) + 1, 16) - len(table))  # and the alpha's place
+    return torch.tensor(table, dtype=torch.int32, device=device)
+
+
+@functools.cache
+def _zero_seed(device: torch.device) -> Tensor:
+    """The device part of an eager call's seed: 0 (its seed is in the kernel's arguments)."""
+    return torch.zeros(1, dtype=torch.int64, device=device)
+
+
+@functools.cache
+def error_counter(device: torch.device) -> Tensor:
+    """The device's count of samples whose sums were not finite (``_sample_scale``): int32, never reset here."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
 
 
 def _wargs_launches(draws: Sequence, spatial_dims: int) -> list[tuple[int, int, int, tuple[float, ...]]]:
@@ -526,12 +611,36 @@ def gin_fused(x: Tensor, params, out: Tensor | None = None, plan: Plan | None = 
     out = _check_out(out, x, tuple(x.shape))
     plan = _plan_for(x, [params], plan)
     part = _stream(x, [params], out, plan, finish=plan.finish)
-    if stream_modes(x.dtype, plan.finish) == (int(STORE_UNSCALED),):  # the stream stored the unscaled mix
-        numel = out[0].numel()
-        _runner("gin_scale_kernel", x)[(triton.cdiv(numel, SCALE_BLOCK), x.shape[0])](
-            out, part, part.shape[1], numel, float(params.config.eps), BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK,
-            num_warps=4)
+    _scale(x, out, part, plan, params.config.eps, x.shape[0])
     return out
+
+
+def gin_seeded(x: Tensor, seeded: Seeded, out: Tensor | None = None, plan: Plan | None = None) -> Tensor:
+    """GIN of ``x`` [B, C, *S], ``seeded.views`` independent networks drawn in the kernel, as [views, B, C, *S]: one
+    stream launch for every view and one scale launch (float16: two stream launches). No host-device copy, no sync.
+
+    Assumes :func:`fedgin.gin.check_input`'s checks and :func:`unsupported_reason` passed for ``x``; ``plan``
+    (optional) overrides :func:`make_plan`'s tiles (never ``wargs``: the weights are drawn on the device).
+    """
+    x = x.contiguous()
+    out = _check_out(out, x, (seeded.views, *x.shape))
+    plan = plan or make_plan(tuple(x.shape), seeded.kernel_sizes, seeded.cfg.interm_channels,
+                             sms=_sm_count(x.device.index) if x.is_cuda else H100_SMS)
+    if plan.wargs:
+        raise ValueError("a seeded call draws its weights on the device: a wargs plan cannot run it")
+    _check_plan(plan, x.shape, seeded.kernel_sizes)
+    part = _stream(x, (), out, plan, finish=plan.finish, seeded=seeded)
+    _scale(x, out, part, plan, seeded.cfg.eps, seeded.views * x.shape[0])
+    return out
+
+
+def _scale(x: Tensor, out: Tensor, part: Tensor, plan: Plan, eps: float, rows: int) -> None:
+    """The scale pass over ``rows`` stored samples, where the stream stored them unscaled."""
+    if stream_modes(x.dtype, plan.finish) == (int(STORE_UNSCALED),):
+        numel = math.prod(x.shape[1:])
+        _runner("gin_scale_kernel", x)[(triton.cdiv(numel, SCALE_BLOCK), rows)](
+            out, part, error_counter(x.device), part.shape[1], numel, float(eps), BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK,
+            num_warps=4)
 
 
 def gin_ipa_fused(x: Tensor, draws: Sequence, mask: Tensor, out: Tensor | None = None,
@@ -545,12 +654,8 @@ def gin_ipa_fused(x: Tensor, draws: Sequence, mask: Tensor, out: Tensor | None =
     """
     if len(draws) != 3:
         raise ValueError(f"GIN-IPA takes 3 GIN draws, got {len(draws)}")
-    bsz, n_sp = x.shape[0], math.prod(x.shape[2:])
-    if tuple(mask.shape) != (bsz, 1, *x.shape[2:]):
-        raise ValueError(f"IPA mask must have shape {(bsz, 1, *x.shape[2:])}, got {tuple(mask.shape)}")
-    x = x.contiguous()
-    mask = mask.to(device=x.device, dtype=torch.float32).contiguous()
-    out = _check_out(out, x, (3, *x.shape))
+    x, mask, out = _ipa_operands(x, mask, out)
+    bsz = x.shape[0]
     groups: dict[tuple[int, ...], list[int]] = {}
     for v, p in enumerate(draws):
         groups.setdefault(tuple(p.kernel_sizes), []).append(v)
@@ -561,7 +666,32 @@ def gin_ipa_fused(x: Tensor, draws: Sequence, mask: Tensor, out: Tensor | None =
         part = _stream(x, group, out[views[0]], _plan_for(x, group, plan), view_step=step)
         for j, v in enumerate(views):
             parts[v] = part[j * bsz:(j + 1) * bsz]
+    return _ipa_blend(x, mask, out, parts, draws[0].config.eps)
+
+
+def gin_ipa_seeded(x: Tensor, seeded: Seeded, mask: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """GIN-IPA's three views from ``seeded`` (3 views drawn in the kernel): one stream launch and the blend pass."""
+    if seeded.views != 3:
+        raise ValueError(f"GIN-IPA takes 3 GIN views, got {seeded.views}")
+    x, mask, out = _ipa_operands(x, mask, out)
+    plan = make_plan(tuple(x.shape), seeded.kernel_sizes, seeded.cfg.interm_channels,
+                     sms=_sm_count(x.device.index) if x.is_cuda else H100_SMS)
+    part = _stream(x, (), out, plan, seeded=seeded)
+    bsz = x.shape[0]
+    return _ipa_blend(x, mask, out, [part[v * bsz:(v + 1) * bsz] for v in range(3)], seeded.cfg.eps)
+
+
+def _ipa_operands(x: Tensor, mask: Tensor, out: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    bsz = x.shape[0]
+    if tuple(mask.shape) != (bsz, 1, *x.shape[2:]):
+        raise ValueError(f"IPA mask must have shape {(bsz, 1, *x.shape[2:])}, got {tuple(mask.shape)}")
+    x = x.contiguous()
+    return x, mask.to(device=x.device, dtype=torch.float32).contiguous(), _check_out(out, x, (3, *x.shape))
+
+
+def _ipa_blend(x: Tensor, mask: Tensor, out: Tensor, parts: Sequence[Tensor], eps: float) -> tuple[Tensor, ...]:
+    bsz, n_sp = x.shape[0], math.prod(x.shape[2:])
     _runner("gin_ipa_kernel", x)[(triton.cdiv(n_sp, SCALE_BLOCK), bsz)](
-        out, mask, *parts, *(p.shape[1] for p in parts), bsz, x.shape[1], n_sp, float(draws[0].config.eps),
+        out, mask, *parts, error_counter(x.device), *(p.shape[1] for p in parts), bsz, x.shape[1], n_sp, float(eps),
         SCALED=x.dtype == torch.float16, BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK, num_warps=4)
     return out[0], out[1], out[2]

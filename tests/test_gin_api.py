@@ -13,12 +13,18 @@ def image(shape, dtype=torch.float32, seed=0):
     return (torch.rand(shape, generator=gen(100 + seed)) + 0.5).to(dtype)
 
 
-def test_gin_is_draw_then_apply():
+def seed_of(generator):
+    """The seed a call takes from ``generator``: one draw of 62 bits."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+def test_gin_is_the_seeded_draw_then_apply():
     x = image((2, 3, 9, 8))
     cfg = dict(interm_channels=3, n_layers=3, kernel_sizes=(1, 3, 5))
-    params = GINParams.draw(2, in_channels=3, **cfg, generator=gen(1))
+    params = GINParams.from_seed(2, make_config(in_channels=3, **cfg), seed_of(gen(1)))
     expected = gin_apply(x, params, "reference")
     assert torch.equal(gin(x, generator=gen(1), backend="reference", **cfg), expected)
+    assert torch.equal(gin(x, seed=seed_of(gen(1)), **cfg), expected)
     assert torch.equal(gin(x, generator=gen(1), **cfg), expected)  # auto on the CPU is the reference
     assert not torch.equal(gin(x, generator=gen(2), **cfg), expected)
     assert torch.equal(expected, reference_apply(x, params))
@@ -29,8 +35,8 @@ def test_gin_takes_channels_and_dims_from_the_input(shape):
     x = image(shape)
     out = gin(x, generator=gen(3))
     assert out.shape == x.shape and out.dtype == x.dtype
-    params = GINParams.draw(shape[0], in_channels=shape[1], spatial_dims=len(shape) - 2, generator=gen(3))
-    assert torch.equal(out, reference_apply(x, params))
+    cfg = make_config(in_channels=shape[1], spatial_dims=len(shape) - 2)
+    assert torch.equal(out, reference_apply(x, GINParams.from_seed(shape[0], cfg, seed_of(gen(3)))))
 
 
 def test_gin_module():
@@ -174,15 +180,15 @@ def test_module_rejects_an_input_that_requires_grad():
 def test_warm_up_runs_every_kernel_size_tuple_a_draw_can_pick(monkeypatch):
     import itertools
 
-    import fedgin.kernels
+    from fedgin.kernels import launch
 
     seen = []
 
-    def fake_fused(x, params):  # what the Triton backend is handed: one call a tuple, on the whole batch
-        seen.append((tuple(params.kernel_sizes), x.shape[0]))
-        return x.clone()
+    def fake_seeded(x, seeded, host=()):  # what the Triton backend is handed: one call a tuple, on the whole batch
+        seen.append((seeded.kernel_sizes, x.shape[0]))
+        return x[None].clone()
 
-    monkeypatch.setattr(fedgin.kernels, "gin_fused", fake_fused)
+    monkeypatch.setattr(launch, "gin_seeded", fake_seeded)
     x = torch.rand(3, 2, 9, 11)
     assert warm_up(x, backend="triton") == 16
     assert seen == [(ks, 3) for ks in itertools.product((1, 3), repeat=4)]

@@ -6,7 +6,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, RandGaussianNoised, ScaleIntensityd
 from monai.utils import MAX_SEED
 
-from fedgin import GIN, GINParams, reference_apply
+from fedgin import GIN, GINParams, make_config, reference_apply
 from fedgin.transforms import RandGIN, RandGINd
 
 
@@ -25,8 +25,7 @@ def test_applies_gin_with_a_seed_drawn_from_its_random_state():
     state = np.random.RandomState(4)
     assert state.rand() < 1.0  # the prob draw, then the network's seed
     seed = int(state.randint(MAX_SEED))
-    params = GINParams.draw(1, in_channels=3, interm_channels=3, kernel_sizes=(1, 3),
-                            generator=torch.Generator().manual_seed(seed))
+    params = GINParams.from_seed(1, make_config(in_channels=3, interm_channels=3, kernel_sizes=(1, 3)), seed)
     assert torch.equal(out, reference_apply(img[None], params)[0])
     assert abs(norm(out) - norm(img)) <= 1e-5 * norm(img)
 

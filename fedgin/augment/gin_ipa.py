@@ -1,7 +1,7 @@
 """GIN and GIN-IPA as augmentations (Ouyang et al., "Causality-inspired single-source domain generalization for
 medical image segmentation", IEEE TMI 2022; repository cheng-01037/Causality-Medical-Image-Domain-Generalization).
 
-``gin``: fedgin's GIN (see ../shared/gin-spec.md for every default), ``n_views`` independent draws.
+``gin``: fedgin's GIN (``docs/gin.md`` states every default), ``n_views`` independent draws in one call.
 
 ``gin_ipa``: the original's training input (``models/exp_trainer.py``, ``set_input_aug_sup``): three GIN views
 of the batch, each from its own draw, and one IPA mask ``m`` per sample (``fedgin.augment.masks.ipa_mask``,
@@ -20,34 +20,39 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fedgin import draw
 from fedgin.augment.base import Augmentation, gin_options, register, work_dtype
 from fedgin.augment.masks import check_ipa_options, ipa_mask
-from fedgin.gin import BACKENDS, gin, make_config, resolve_backend
-from fedgin.params import GINParams
-from fedgin.reference import reference_apply
+from fedgin.gin import BACKENDS, check_finite_on_cpu, check_tensor, gin_views, make_config, seeded_backend
 
 
 def gin_ipa_views(x: Tensor, generator: torch.Generator | None = None, backend: str = "auto", *, spacing: int = 24,
-                  order: int = 2, downscale: int = 2, **gin_config) -> tuple[Tensor, Tensor, Tensor]:
-    """The three GIN-IPA views of ``x`` [B, C, *S]: GIN1..3 drawn in that order, then the IPA mask.
+                  order: int = 2, downscale: int = 2, seed: int | None = None,
+                  **gin_config) -> tuple[Tensor, Tensor, Tensor]:
+    """The three GIN-IPA views of ``x`` [B, C, *S]: GIN1..3 the views of one seeded call (:func:`fedgin.gin_views`,
+    its seed drawn first from ``generator``, or ``seed``), then the IPA mask from ``generator``.
 
     ``gin_config`` takes :class:`fedgin.GINConfig` fields (``in_channels``/``spatial_dims`` default to ``x``'s);
     ``spacing``, ``order``, ``downscale`` go to :func:`fedgin.augment.masks.ipa_mask`. On the Triton backend
-    the views come from :func:`fedgin.kernels.gin_ipa_fused`: one stream launch for the three draws when they
-    share kernel sizes (one per distinct kernel-size tuple otherwise) and one pass that renormalizes and blends.
+    the views come from :func:`fedgin.kernels.launch.gin_ipa_seeded`: one stream launch draws and runs the three
+    networks, one pass renormalizes and blends.
     """
     gin_config.setdefault("in_channels", x.shape[1])
     gin_config.setdefault("spatial_dims", x.dim() - 2)
     cfg = make_config(**gin_config)
-    draws = [GINParams.draw_config(x.shape[0], cfg, device=x.device, generator=generator) for _ in range(3)]
-    backends = {resolve_backend(x, p, backend, check_finite=i == 0) for i, p in enumerate(draws)}
+    check_tensor(x, cfg)
+    name = seeded_backend(x.device, x.dtype, cfg, backend)
+    if seed is None:
+        seed = int(torch.randint(0, 2**draw.SEED_BITS, (1,), generator=generator))
     mask = ipa_mask((x.shape[0], *x.shape[2:]), generator, device=x.device, spacing=spacing, order=order,
                     downscale=downscale).to(work_dtype(x))
-    if backends == {"triton"}:
-        from fedgin.kernels import gin_ipa_fused
+    if name == "triton":
+        check_finite_on_cpu(x, True)
+        from fedgin.kernels.launch import Seeded, gin_ipa_seeded
 
-        return gin_ipa_fused(x, draws, mask)
-    g1, g2, g3 = (reference_apply(x, p) for p in draws)
+        sizes = [cfg.seeded_sizes(seed + v * draw.VIEW_STRIDE) for v in range(3)]
+        return gin_ipa_seeded(x, Seeded(cfg, seed, tuple(map(max, zip(*sizes, strict=True))), 3), mask)
+    g1, g2, g3 = gin_views(x, 3, backend="reference", seed=seed, **gin_config)
     a, b = g1.to(mask.dtype), g2.to(mask.dtype)
     view1 = mask * a + (1 - mask) * b
     view2 = (1 - mask) * a + mask * b
@@ -68,10 +73,9 @@ class GINAugmentation(Augmentation):
         self.gin_config = gin_options("gin", gin_config)
 
     def views(self, x: Tensor, label: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, ...]:
-        """``n_views`` draws; ``x`` is checked for non-finite values once (a reduction and a device sync), not per
-        view, so the later views queue behind the first without waiting for the GPU."""
-        return tuple(gin(x, generator, self.backend, check_finite=i == 0, **self.gin_config)
-                     for i in range(self.n_views))
+        """``n_views`` draws in one call (:func:`fedgin.gin_views`: on a GPU one stream launch and one scale launch,
+        no sync)."""
+        return tuple(gin_views(x, self.n_views, generator, self.backend, **self.gin_config))
 
 
 @register("gin_ipa")

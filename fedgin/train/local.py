@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from fedgin.augment import high_frequency_loss, kl_consistency, use_domain
 from fedgin.config import RunConfig, recipe
+from fedgin.gin import check_errors
 from fedgin.train.losses import make_loss
 
 
@@ -114,6 +115,7 @@ def train_local(
         if prox:
             loss = loss + mu / 2 * sum((p - a).pow(2).sum() for p, a in prox)
         if not torch.isfinite(loss):
+            check_errors(device)  # non-finite input to GIN on a GPU: name it rather than the loss
             raise TrainingDiverged(f"the loss diverged ({loss.item()}) at {desc or 'local training'} step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -121,6 +123,7 @@ def train_local(
         sync()
         losses.append(loss.item())
         step_times.append(time.perf_counter() - start)
+    check_errors(device)
     step_time = sum(step_times) / max(len(step_times), 1)
     aug_share = sum(aug_times) / max(sum(step_times), 1e-12)
     return {"loss": sum(losses) / max(len(losses), 1), "step_time": step_time, "gin_share": aug_share,
