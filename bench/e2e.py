@@ -25,7 +25,6 @@ def _stepper(e2e: E2ECase, device: torch.device, fn: Prepared | None, shared: bo
     """One training step as a closure returning (step ms, GIN ms); ``fn=None``: one view, no GIN."""
     from monai.networks.nets import UNet
 
-    from fedgin.augment.losses import kl_consistency
     from fedgin.train.losses import make_loss
 
     case = e2e.gin
@@ -50,19 +49,29 @@ def _stepper(e2e: E2ECase, device: torch.device, fn: Prepared | None, shared: bo
         else:
             xin = x
         t1 = clock.mark()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model(xin)
-            loss = seg_loss(logits[: case.batch], y)
-            if views > 1:
-                loss = loss + 10.0 * kl_consistency(list(logits.split(case.batch)), reverse=True)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, seg_loss, xin, y, views)
         t2 = clock.mark()
         clock.done()
         return clock.ms(t0, t2), clock.ms(t0, t1)
 
     return step
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, seg_loss: Callable, xin: torch.Tensor,
+               y: torch.Tensor, views: int) -> None:
+    """One step on ``xin`` (``views`` views of the batch stacked): the UNet under bf16 autocast, the segmentation
+    loss on the first view plus 10x the KL consistency between the views, AdamW."""
+    from fedgin.augment.losses import kl_consistency
+
+    batch = y.shape[0]
+    with torch.autocast(xin.device.type, dtype=torch.bfloat16):
+        logits = model(xin)
+        loss = seg_loss(logits[:batch], y)
+        if views > 1:
+            loss = loss + 10.0 * kl_consistency(list(logits.split(batch)), reverse=True)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def bench_e2e(e2e: E2ECase, impls: Sequence[Impl], device: torch.device, preset: str, settings: TimingSettings,

@@ -5,6 +5,9 @@
 - the standalone call, 2D 32x3x192² float32, kernel sizes 1-3-1-3 (fixed, so eager and captured calls launch the
   same kernel): the reference and the fused seeded call, each timed from the host (back-to-back calls, one sync at
   the end, per call) and replayed from a CUDA graph;
+- 3D 2x3x128³ float32, 3x3x3 kernels: the fused seeded call (drawn in the kernel) against the explicit draw's
+  default, the weights as kernel arguments a launch a sample (drawn on the host each call, ``GINParams.from_seed``):
+  whether the argument path still wins where a call is large (#31: kept only if it does);
 - the 2-view training step (a MONAI UNet under bf16 autocast, Dice-CE + 10 x KL consistency, AdamW, as
   :mod:`bench.e2e`): GIN's time on the device's timeline and the whole step's, for the reference, the fused call
   (``gin_views``) and the trainer's own path (``fedgin.augment``'s gin augmentation, drawing from its pool).
@@ -24,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from fedgin import GINParams, gin, gin_views, make_config, reference_apply, warm_up
+from fedgin import GINParams, gin, gin_apply, gin_views, make_config, reference_apply, warm_up
 from fedgin.augment.gin_ipa import GINAugmentation
 
+from .e2e import train_step
 from .timing import Stopwatch, TimingSettings, exact_fp32, graph_median_ms
 
 SHAPE = (32, 3, 192, 192)
@@ -58,10 +62,23 @@ def standalone(reps: int) -> list[dict]:
     return rows
 
 
+def large_3d(reps: int) -> list[dict]:
+    shape, ks = (2, 3, 128, 128, 128), (3, 3, 3, 3)
+    x = torch.rand(shape, device="cuda") + 0.5
+    cfg = make_config(in_channels=3, spatial_dims=3, layer_kernel_sizes=ks)
+    seeds = iter(range(10**9))
+    calls = {"fused, drawn in the kernel": lambda: gin(x, layer_kernel_sizes=ks),
+             "weights as arguments, drawn on the host": lambda: gin_apply(
+                 x, GINParams.from_seed(shape[0], cfg, next(seeds), device="cuda"))}
+    rows = []
+    for name, fn in calls.items():
+        rows.append({"impl": name, "host_ms": host_ms(fn, max(reps // 4, 10))})
+    return rows
+
+
 def training_step(reps: int) -> list[dict]:
     from monai.networks.nets import UNet
 
-    from fedgin.augment.losses import kl_consistency
     from fedgin.train.losses import make_loss
 
     x = torch.rand(SHAPE, device="cuda") + 0.5
@@ -85,14 +102,7 @@ def training_step(reps: int) -> list[dict]:
             t0 = clock.mark()
             xin = aug() if aug is not None else x
             t1 = clock.mark()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(xin)
-                loss = seg_loss(logits[:SHAPE[0]], y)
-                if aug is not None:
-                    loss = loss + 10.0 * kl_consistency(list(logits.split(SHAPE[0])), reverse=True)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(model, opt, seg_loss, xin, y, 1 if aug is None else 2)
             t2 = clock.mark()
             clock.done()
             return clock.ms(t0, t2), clock.ms(t0, t1)
@@ -117,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(torch.rand(SHAPE, device="cuda"))  # every tuple of the pool: the trainer's path draws from it
         warm_up(torch.rand(SHAPE, device="cuda"), layer_kernel_sizes=K1313)
         report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "shape": SHAPE,
-                  "standalone": standalone(args.reps), "training_step": training_step(args.reps)}
+                  "standalone": standalone(args.reps), "training_step": training_step(args.reps),
+                  "large_3d": large_3d(args.reps)}
     print(f"# host path on {report['device']}, 2D 32x3x192² fp32 k1313, medians")
     print("| call | from the host (ms) | from a CUDA graph (ms) | host / graph |\n|---|---:|---:|---:|")
     for r in report["standalone"]:
@@ -125,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| 2-view step, GIN by | GIN (ms) | step (ms) |\n|---|---:|---:|")
     for r in report["training_step"]:
         print(f"| {r['impl']} | {r['gin_ms']:.3f} | {r['step_ms']:.3f} |")
+    print("| 3D 2x3x128³ k3333 fp32 | from the host (ms) |\n|---|---:|")
+    for r in report["large_3d"]:
+        print(f"| {r['impl']} | {r['host_ms']:.4f} |")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

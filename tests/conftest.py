@@ -31,3 +31,12 @@ def interrupted_at():
             yield
 
     return interrupted
+
+
+@pytest.fixture
+def no_tf32():
+    """cuDNN runs "float32" convolutions in TF32 by default: the GPU tests' references must not."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old

@@ -12,17 +12,10 @@ from fedgin.kernels.launch import V15_2D, V15_3D, default_wargs
 
 from kernel_cases import TOL, draw, image_like, rel_error
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("no_tf32")]
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """cuDNN runs "float32" convolutions in TF32 by default: the reference must not."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 CASES = [

@@ -8,17 +8,11 @@ import fedgin
 from fedgin import GIN, GINParams, draw, gin, gin_views, make_config, reference_apply, warm_up
 from fedgin.augment.gin_ipa import GINIPA, GINAugmentation
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("no_tf32")]
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 TOL = {F32: 1e-5, BF16: 2e-2, F16: 2e-3}  # max error over max |reference|, as tests/test_kernels.py
 
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def image(shape, dtype=F32):
