@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import json
 import statistics
@@ -146,19 +147,26 @@ class StandIn:
             ("randn", aten.normal_.default))]
         patches += [(torch, "tensor", _tensor_then_copy), (torch.Tensor, "to", _to),
                     (torch.cuda, "is_current_stream_capturing", lambda: False),
-                    (torch.cuda, "_lazy_init", lambda: None), (launch, "_runner", lambda name, x: _Launch(self.counts)),
+                    (torch.cuda, "_lazy_init", lambda: None),
+                    (launch, "_runner", lambda name, device: _Launch(self.counts)),
                     (launch, "_sm_count", lambda index: 132)]
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         from torch._dynamo import trace_rules
 
         trace_rules.get_torch_obj_rule_map()  # dynamo's cached map of torch's functions: built from the real ones
+        caches = [f for name in ("_seeded_call", "draw_table", "_zero_seed", "error_counter", "_pack_index")
+                  if hasattr(f := getattr(launch, name, None), "cache_clear")]  # what holds device tensors or kernels
         try:
             for owner, name, value in patches:
                 setattr(owner, name, value)
+            for cache in caches:
+                cache.cache_clear()
             yield self.counts
         finally:
             for owner, name, value in saved:
                 setattr(owner, name, value)
+            for cache in caches:
+                cache.cache_clear()
 
 
 STANDIN = StandIn()
@@ -251,6 +259,8 @@ def _row(label: str, call: Callable[[], object], reps: int) -> dict:
     for _ in range(20):  # warm: caches and first-call allocations (a kernel table per tuple)
         call()
     counts, times, standin = [], [], []
+    gc.collect()
+    gc.disable()  # the stand-in's garbage would be collected at random points of the timed calls
     for _ in range(reps):
         before, overhead, dispatches = dict(STANDIN.counts), STANDIN.overhead, STANDIN.dispatches
         t0 = time.perf_counter()
@@ -260,6 +270,7 @@ def _row(label: str, call: Callable[[], object], reps: int) -> dict:
         times.append((wall - stood) * 1e6)
         standin.append(stood * 1e6)
         counts.append({k: STANDIN.counts[k] - before[k] for k in before})
+    gc.enable()
     per_call = {k: statistics.median(c[k] for c in counts) for k in counts[0]}
     return {"case": label, "host_us": statistics.median(times), "standin_us": statistics.median(standin),
             "machinery_us": STANDIN.machinery * 1e6, **per_call}

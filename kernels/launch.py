@@ -297,10 +297,10 @@ def _interpreted_kernels() -> ModuleType:
     return module
 
 
-def _runner(name: str, x: Tensor):
-    """Kernel ``name`` of :mod:`.gin`: compiled for CUDA tensors, interpreted for CPU tensors."""
+def _runner(name: str, device: torch.device):
+    """Kernel ``name`` of :mod:`.gin`: compiled for a CUDA device, interpreted for the CPU."""
     kernel = getattr(gin_module, name)
-    if x.is_cuda or isinstance(kernel, InterpretedFunction):
+    if device.type == "cuda" or isinstance(kernel, InterpretedFunction):
         return kernel
     return getattr(_interpreted_kernels(), name)
 
@@ -450,30 +450,16 @@ def _plan_for(x: Tensor, draws: Sequence, plan: Plan | None) -> Plan:
     return plan
 
 
-def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int = 1, finish: bool = False,
-            seeded: Seeded | None = None) -> Tensor:
+def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int = 1, finish: bool = False) -> Tensor:
     """The stream launches of ``draws`` (parameters for ``x``'s batch, one kernel-size tuple) as one grid: draw
     ``v`` writes ``out`` [views, B, C, *S] view ``v * view_step``; ``finish``: renormalized in the same launch.
-    ``seeded`` (``draws`` empty): the views are drawn in the kernel from its seed instead. Returns the partial norms
-    [V * B, tiles, 2]."""
-    views = seeded.views if seeded is not None else len(draws)
-    cfg = seeded.cfg if seeded is not None else draws[0].config
-    ks = seeded.kernel_sizes if seeded is not None else tuple(draws[0].kernel_sizes)
+    Returns the partial norms [V * B, tiles, 2]."""
+    first = draws[0]
     dims = x.dim() - 2
-    rows = views * x.shape[0]
+    rows = len(draws) * x.shape[0]
     dev = x.device
     part = torch.empty((rows, plan.n_tiles, 2), dtype=torch.float32, device=dev)
-    tab, seed_t = part, part  # read only where seeded
-    args = dict(_stream_args(tuple(x.shape), ks, cfg, plan, seeded is not None)) | {"view_step": view_step}
-    if seeded is not None:  # each program draws its sample's row into prm
-        prm = torch.empty((rows, _round_up(arg_floats(cfg.in_channels, cfg.interm_channels, ks, dims) + 1, 16)),
-                          dtype=torch.float32, device=dev)
-        tab = draw_table(ks, tuple(cfg.channels()), cfg.max_sizes(), dims, dev)
-        seed_t = seeded.seed if isinstance(seeded.seed, Tensor) else _zero_seed(dev)
-        seed = 0 if isinstance(seeded.seed, Tensor) else seeded.seed
-        args |= {"seed_lo": seed & 0x7FFFFFFF, "seed_hi": seed >> 31, "block": block_floats(cfg, dims),
-                 "shared": int(not cfg.per_sample)}
-    elif plan.wargs:  # weights and biases as kernel arguments, the alphas read
+    if plan.wargs:  # weights and biases as kernel arguments, the alphas read
         launches = _wargs_launches(draws, dims)
         prm = torch.cat([p.alphas.reshape(-1) for p in draws]).to(device=dev, dtype=torch.float32)
     else:
@@ -483,24 +469,26 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     # the per-sample counters of STORE_FINISH; the other modes never read it: no allocation or memset for them
     cnt = (torch.zeros(rows, dtype=torch.int32, device=dev) if int(STORE_FINISH) in modes
            else part.view(torch.int32))
-    scratch = part  # read only with plan.scratch
-    if plan.scratch:
-        region = scratch_regions(plan, len(ks)) * cfg.interm_channels * plan.th * plan.tw
-        # zeroed: an edge lane's read of a region not yet written (or of a guard) gives a finite halo value
-        scratch = torch.zeros(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32, device=dev)
-    kernel = _runner("gin_stream_kernel", x)
+    scratch = _scratch(plan, len(first.kernel_sizes), first.config.interm_channels, rows, dev) if plan.scratch else part
+    args = stream_args(x, first, plan) | {"view_step": view_step}
+    kernel = _runner("gin_stream_kernel", dev)
     err = error_counter(dev)
     for mode in modes:
         if not plan.wargs:
-            kernel[(plan.n_tiles, x.shape[0], views)](x, out, prm, part, cnt, scratch, seed_t, tab, err,
-                                                      prm_stride=prm.shape[1], MODE=mode, **args)
-            if args["DRAW"]:  # float16's second pass reads the rows the first drew
-                args = dict(_stream_args(tuple(x.shape), ks, cfg, plan, False)) | {"view_step": view_step}
+            kernel[(plan.n_tiles, x.shape[0], len(draws))](x, out, prm, part, cnt, scratch, part, part, err,
+                                                           prm_stride=prm.shape[1], MODE=mode, **args)
             continue
         for samples, b, v, wargs in launches:
-            kernel[(plan.n_tiles, samples, 1)](x, out, prm, part, cnt, scratch, seed_t, tab, err, prm_stride=16,
+            kernel[(plan.n_tiles, samples, 1)](x, out, prm, part, cnt, scratch, part, part, err, prm_stride=16,
                                                MODE=mode, **(args | {"b0": b, "v0": v, "wargs": wargs}))
     return part
+
+
+def _scratch(plan: Plan, n_layers: int, interm: int, rows: int, device: torch.device) -> Tensor:
+    """A 3D plan's scratch, zeroed: an edge lane's read of a region not yet written (or of a guard) gives a finite
+    halo value."""
+    region = scratch_regions(plan, n_layers) * interm * plan.th * plan.tw
+    return torch.zeros(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32, device=device)
 
 
 @dataclass(frozen=True)
@@ -620,25 +608,85 @@ def gin_seeded(x: Tensor, seeded: Seeded, out: Tensor | None = None, plan: Plan 
     stream launch for every view and one scale launch (float16: two stream launches). No host-device copy, no sync.
 
     Assumes :func:`fedgin.gin.check_input`'s checks and :func:`unsupported_reason` passed for ``x``; ``plan``
-    (optional) overrides :func:`make_plan`'s tiles (never ``wargs``: the weights are drawn on the device).
+    (optional) overrides :func:`make_plan`'s tiles (two launches: never ``wargs``, the weights are drawn on the
+    device, nor ``finish``).
     """
     x = x.contiguous()
     out = _check_out(out, x, (seeded.views, *x.shape))
-    plan = plan or make_plan(tuple(x.shape), seeded.kernel_sizes, seeded.cfg.interm_channels,
-                             sms=_sm_count(x.device.index) if x.is_cuda else H100_SMS)
-    if plan.wargs:
-        raise ValueError("a seeded call draws its weights on the device: a wargs plan cannot run it")
-    _check_plan(plan, x.shape, seeded.kernel_sizes)
-    part = _stream(x, (), out, plan, finish=plan.finish, seeded=seeded)
-    _scale(x, out, part, plan, seeded.cfg.eps, seeded.views * x.shape[0])
+    call = _seeded_call(tuple(x.shape), x.dtype, x.device, seeded.cfg, seeded.kernel_sizes, seeded.views, plan)
+    part = call.run(x, out, seeded.seed)
+    if call.scale_grid is not None:
+        _runner("gin_scale_kernel", x.device)[call.scale_grid](out, part, call.err, *call.scale_args, BLOCK=SCALE_BLOCK,
+                                                               PBLOCK=PBLOCK, num_warps=4)
     return out
+
+
+@dataclass(frozen=True)
+class _SeededCall:
+    """What a seeded call's launches need besides its tensors and seed, built once per shape, dtype, device, config,
+    kernel sizes and views (host time: a call then allocates and launches)."""
+
+    grid: tuple[int, int, int]
+    launches: tuple[dict, ...]  # the stream launches' other arguments: the first draws, float16's second reads
+    part_shape: tuple[int, ...]
+    prm_shape: tuple[int, ...]
+    scratch: tuple[Plan, int, int, int] | None  # _scratch's arguments, for a 3D plan
+    table: Tensor
+    zero_seed: Tensor
+    err: Tensor
+    stream: object
+    scale_grid: tuple[int, int] | None  # the scale pass, where the stream stores the mix unscaled
+    scale_args: tuple
+
+    def run(self, x: Tensor, out: Tensor, seed: int | Tensor) -> Tensor:
+        """The stream launches into ``out``; returns the partial norms."""
+        dev = x.device
+        part = torch.empty(self.part_shape, dtype=torch.float32, device=dev)
+        prm = torch.empty(self.prm_shape, dtype=torch.float32, device=dev)
+        scratch = _scratch(*self.scratch, dev) if self.scratch else part
+        if isinstance(seed, Tensor):
+            seed_t, lo, hi = seed, 0, 0
+        else:
+            seed_t, lo, hi = self.zero_seed, seed & 0x7FFFFFFF, seed >> 31
+        for kwargs in self.launches:  # err as cnt_ptr: read only by STORE_FINISH, which a seeded call never takes
+            self.stream[self.grid](x, out, prm, part, self.err, scratch, seed_t, self.table, self.err, seed_lo=lo,
+                                   seed_hi=hi, **kwargs)
+        return part
+
+
+@functools.lru_cache(maxsize=256)
+def _seeded_call(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, cfg, ks: tuple[int, ...], views: int,
+                 plan: Plan | None = None, scale: bool = True) -> _SeededCall:
+    dims = len(shape) - 2
+    plan = plan or make_plan(shape, ks, cfg.interm_channels, sms=_sm_count(device.index) if device.type == "cuda"
+                             else H100_SMS)
+    if plan.wargs or plan.finish:
+        raise ValueError("a seeded call draws its weights on the device in two launches: no wargs or finish plan")
+    _check_plan(plan, shape, ks)
+    rows = views * shape[0]
+    prm_cols = _round_up(arg_floats(cfg.in_channels, cfg.interm_channels, ks, dims) + 1, 16)
+    launches = []
+    for i, mode in enumerate(stream_modes(dtype)):  # float16's second pass reads the rows the first drew
+        args = dict(_stream_args(shape, ks, cfg, plan, i == 0))
+        del args["seed_lo"], args["seed_hi"]
+        launches.append(args | {"prm_stride": prm_cols, "MODE": mode, "block": block_floats(cfg, dims),
+                                "shared": int(not cfg.per_sample)})
+    numel = math.prod(shape[1:])
+    unscaled = scale and stream_modes(dtype) == (int(STORE_UNSCALED),)
+    return _SeededCall(
+        (plan.n_tiles, shape[0], views), tuple(launches), (rows, plan.n_tiles, 2), (rows, prm_cols),
+        (plan, len(ks), cfg.interm_channels, rows) if plan.scratch else None,
+        draw_table(ks, tuple(cfg.channels()), cfg.max_sizes(), dims, device), _zero_seed(device),
+        error_counter(device), _runner("gin_stream_kernel", device),
+        (triton.cdiv(numel, SCALE_BLOCK), rows) if unscaled else None,
+        (plan.n_tiles, numel, float(cfg.eps)))
 
 
 def _scale(x: Tensor, out: Tensor, part: Tensor, plan: Plan, eps: float, rows: int) -> None:
     """The scale pass over ``rows`` stored samples, where the stream stored them unscaled."""
     if stream_modes(x.dtype, plan.finish) == (int(STORE_UNSCALED),):
         numel = math.prod(x.shape[1:])
-        _runner("gin_scale_kernel", x)[(triton.cdiv(numel, SCALE_BLOCK), rows)](
+        _runner("gin_scale_kernel", x.device)[(triton.cdiv(numel, SCALE_BLOCK), rows)](
             out, part, error_counter(x.device), part.shape[1], numel, float(eps), BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK,
             num_warps=4)
 
@@ -674,9 +722,8 @@ def gin_ipa_seeded(x: Tensor, seeded: Seeded, mask: Tensor, out: Tensor | None =
     if seeded.views != 3:
         raise ValueError(f"GIN-IPA takes 3 GIN views, got {seeded.views}")
     x, mask, out = _ipa_operands(x, mask, out)
-    plan = make_plan(tuple(x.shape), seeded.kernel_sizes, seeded.cfg.interm_channels,
-                     sms=_sm_count(x.device.index) if x.is_cuda else H100_SMS)
-    part = _stream(x, (), out, plan, seeded=seeded)
+    call = _seeded_call(tuple(x.shape), x.dtype, x.device, seeded.cfg, seeded.kernel_sizes, 3, scale=False)
+    part = call.run(x, out, seeded.seed)
     bsz = x.shape[0]
     return _ipa_blend(x, mask, out, [part[v * bsz:(v + 1) * bsz] for v in range(3)], seeded.cfg.eps)
 
@@ -691,7 +738,7 @@ def _ipa_operands(x: Tensor, mask: Tensor, out: Tensor | None) -> tuple[Tensor, 
 
 def _ipa_blend(x: Tensor, mask: Tensor, out: Tensor, parts: Sequence[Tensor], eps: float) -> tuple[Tensor, ...]:
     bsz, n_sp = x.shape[0], math.prod(x.shape[2:])
-    _runner("gin_ipa_kernel", x)[(triton.cdiv(n_sp, SCALE_BLOCK), bsz)](
+    _runner("gin_ipa_kernel", x.device)[(triton.cdiv(n_sp, SCALE_BLOCK), bsz)](
         out, mask, *parts, error_counter(x.device), *(p.shape[1] for p in parts), bsz, x.shape[1], n_sp, float(eps),
         SCALED=x.dtype == torch.float16, BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK, num_warps=4)
     return out[0], out[1], out[2]
