@@ -3,19 +3,18 @@
 ``python -m bench.host_path [--before COMMIT] [--reps N]`` times, for each case, the host side of a whole call (the
 draw included, as ``gin(x)`` and the trainer's augmentation make it) at ``COMMIT`` (default ``HEAD``) and in this
 working tree, each side in a fresh process over the same cases, then prints one table and writes it as JSON with
-``--json``.
+``--json``. Host µs: the call on a CPU tensor of the case's batch and channels and a tiny image, its Triton launches
+counted instead of run (:func:`_direct_us`). The counts: the call on the case's own shape with CUDA stood in for.
 
 The stand-in (:class:`StandIn`): the input is a tensor that reports ``device="cuda"`` but holds only metadata (a
-meta tensor inside). Every PyTorch operator that touches such a tensor, or makes one, runs on the meta device: its
-host dispatch happens, its device work does not, and it is counted as what it would queue on a GPU (a host-to-device
-copy, a device-to-host copy or scalar read, which synchronizes, or another device op; allocations and views are not
-device work). Operators on CPU tensors run for real: they are host work. Triton launches are replaced by a counter
-(their own host cost, argument binding and the driver call, is not in the times). ``pin_memory`` is dropped from CPU
-allocations (this CPU build of PyTorch cannot pin). The stand-in's own time (its Python dispatch, and the meta
-kernels, which are Python and take ~0.6 ms an operator) is measured in the handler and subtracted, and so is what
-the mode's machinery adds around each operator (calibrated on ``torch.empty(4)`` with and without the mode, printed);
-the host operators it passes through keep their time. So ``host µs`` leaves out what a GPU's operators cost the host
-beyond Python (dispatch and the driver's launch, a few µs each on a GPU machine): read it beside the op counts.
+meta tensor inside). Every PyTorch operator that touches such a tensor, or makes one, runs on the meta device and is
+counted as what it would queue on a GPU: a host-to-device copy, a device-to-host read (a ``.item()``, ``bool()``,
+``.cpu()``, ``.tolist()`` or ``nonzero``: it synchronizes), or another device op (allocations and views are not
+device work). Operators on CPU tensors run for real. Triton launches are counted, not run (so neither time holds
+their own host cost: argument binding and the driver's launch). ``pin_memory`` is dropped (this CPU build of PyTorch
+cannot pin). The stand-in also gives a second host time (``stood in``), its own share taken out as well as
+it can be measured (its handler, the meta kernels, which are Python, and PyTorch's subclass dispatch, calibrated):
+noisier than the direct one, from the residue of that subtraction.
 """
 from __future__ import annotations
 
@@ -243,15 +242,42 @@ def load_fedgin(root: Path):
 
 
 def measure(root: Path, reps: int) -> list[dict]:
-    """The cases' rows for the checkout at ``root`` (run in a fresh process: :func:`main`'s ``--worker``)."""
+    """The cases' rows for the checkout at ``root`` (run in a fresh process: :func:`main`'s ``--worker``): what a
+    call queues, counted with CUDA stood in for, and its host time, measured directly (:func:`_direct_us`)."""
     fedgin = load_fedgin(root)
     from fedgin.augment.gin_ipa import GINAugmentation
     from fedgin.kernels import launch
 
     with STANDIN.installed(launch):
         STANDIN.calibrate()
-        return [_row(label, _call(fedgin.gin, GINAugmentation, DeviceTensor(torch.empty(shape, device="meta")), views),
-                     reps) for label, shape, views in CASES]
+        rows = [_row(label, _call(fedgin.gin, GINAugmentation, DeviceTensor(torch.empty(shape, device="meta")),
+                                  views), reps) for label, shape, views in CASES]
+    for row, (_, shape, views) in zip(rows, CASES, strict=True):
+        row["standin_host_us"] = row["host_us"]
+        row["host_us"] = _direct_us(fedgin.gin, GINAugmentation, launch, shape, views, reps)
+    return rows
+
+
+def _direct_us(gin: Callable, augmentation: type, launch, shape: tuple[int, ...], views: int, reps: int) -> float:
+    """Median host µs of a case's call on a real CPU tensor of its batch and channels but a tiny image (the host's
+    work does not depend on the image's size), the Triton backend's launches counted instead of run. What would run on
+    a GPU then runs on the CPU on the tiny tensors (a few µs); an explicit draw's pinned copy is not made (its time is
+    left out): both favour the side that has them."""
+    x = torch.rand(*shape[:2], *(16,) * (len(shape) - 2)) + 0.5
+    call = (lambda: gin(x, backend="triton")) if views == 1 else _call(
+        gin, lambda n_views: augmentation(n_views=n_views, backend="triton"), x, views)
+    saved = launch._runner
+    launch._runner = lambda name, device: _Launch({"launches": 0})
+    try:
+        for _ in range(20):
+            call()
+        gc.collect()
+        gc.disable()
+        times = [_timed(call) for _ in range(reps)]
+    finally:
+        gc.enable()
+        launch._runner = saved
+    return statistics.median(times) * 1e6
 
 
 def _row(label: str, call: Callable[[], object], reps: int) -> dict:
@@ -280,7 +306,7 @@ def _call(gin: Callable, augmentation: type, x: torch.Tensor, views: int) -> Cal
     """A case's call: ``gin(x)``, or the trainer's augmentation with ``views`` views (its generator drawing)."""
     if views == 1:
         return lambda: gin(x)
-    aug, gen = augmentation(n_views=views), torch.Generator().manual_seed(0)
+    aug, gen = augmentation(n_views=views), torch.Generator().manual_seed(0)  # type: ignore[call-arg]
     return lambda: aug.views(x, None, gen)
 
 
@@ -308,13 +334,13 @@ def _checkout(repo: Path, commit: str):
 
 
 def table(before: list[dict], after: list[dict], labels: tuple[str, str]) -> str:
-    lines = ["| case | side | host µs | × less | launches | other device ops | syncs | H2D copies | stand-in µs |",
+    lines = ["| case | side | host µs | × less | launches | other device ops | syncs | H2D copies | stood in |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for b, a in zip(before, after, strict=True):
         for side, row in zip(labels, (b, a), strict=True):
             lines.append(f"| {row['case']} | {side} | {row['host_us']:.1f} | {b['host_us'] / row['host_us']:.1f} | "
                          f"{row['launches']:g} | {row['device_ops']:g} | {row['syncs']:g} | {row['h2d']:g} | "
-                         f"{row['standin_us']:.0f} |")
+                         f"{row['standin_host_us']:.0f} |")
     return "\n".join(lines)
 
 
