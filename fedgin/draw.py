@@ -8,8 +8,9 @@ libdevice by an ulp or two.
 
 A draw of ``seed`` (``docs/gin.md``, "The seeded draw"), counters:
 
-- ``0 .. 1``: the kernel sizes: layer ``l`` takes ``pool[(w * len(pool)) >> 32]``, ``w`` the ``l mod 4``-th output
-  word at counter ``l div 4`` (integers only: the same choice on every backend);
+- the kernel sizes, from the seed's SplitMix64 hash ``h`` (integers only: the same choice on every backend): layer
+  ``l`` takes ``pool[(w * len(pool)) >> 16]``, ``w`` bits ``16 (l mod 4)`` up of ``h`` (of ``h``'s own hash from the
+  fifth layer on);
 - from :data:`FIRST`, one block of :func:`block_floats` numbers a sample: per layer the ``COUT x CIN x KM^d``
   normal weights (``KM``: the pool's largest size, or the layer's fixed size; a smaller drawn kernel takes the centre
   of that cube) and the ``COUT`` normal biases, then the sample's uniform alpha. A network shared by the batch is
@@ -24,7 +25,7 @@ import numpy as np
 
 SEED_BITS = 62  # seeds are 0 .. 2^62 - 1: two 31-bit halves, each a non-negative int32 kernel argument
 VIEW_STRIDE = 1 << 31  # view v of a call draws with seed + v * VIEW_STRIDE
-FIRST = 16  # the first counter of sample 0's block; 0 .. 15 draw the kernel sizes
+FIRST = 16  # the first counter of sample 0's block
 _M32 = np.uint64(0xFFFFFFFF)
 _KEY_A, _KEY_B = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
 _ROUND_A, _ROUND_B = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
@@ -65,28 +66,24 @@ def normal(b0: np.ndarray, b1: np.ndarray) -> np.ndarray:
     return r * np.cos(th)
 
 
-def philox_words(seed: int, counter: int) -> tuple[int, int, int, int]:
-    """The four output words of Philox4x32-10 at one counter, in Python integers (no NumPy: a few µs)."""
-    k0, k1 = seed & 0x7FFFFFFF, (seed >> 31) & 0xFFFFFFFF
-    c0 = counter
-    c1 = c2 = c3 = 0
-    for _ in range(10):
-        pb = 0xCD9E8D57 * c2
-        pa = 0xD2511F53 * c0
-        c0 = (pb >> 32) ^ c1 ^ k0
-        c2 = (pa >> 32) ^ c3 ^ k1
-        c1 = pb & 0xFFFFFFFF
-        c3 = pa & 0xFFFFFFFF
-        k0 = (k0 + 0x9E3779B9) & 0xFFFFFFFF
-        k1 = (k1 + 0xBB67AE85) & 0xFFFFFFFF
-    return c0, c1, c2, c3
+def splitmix64(z: int) -> int:
+    """SplitMix64's finalizer of ``z`` (mod 2^64): the hash the kernel sizes are drawn from."""
+    z = (z + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
 
 
 def kernel_sizes(seed: int, pool: Sequence[int], n_layers: int) -> tuple[int, ...]:
-    """Each layer's kernel size, drawn from ``pool``: the module docstring's counters 0 and 1."""
-    words = philox_words(seed, 0) if n_layers <= 4 else philox_words(seed, 0) + philox_words(seed, 1)
+    """Each layer's kernel size, drawn from ``pool`` by the seed's hash (module docstring; ~2 µs)."""
+    h = splitmix64(seed)
     n = len(pool)
-    return tuple([pool[(words[layer] * n) >> 32] for layer in range(n_layers)])
+    sizes = []
+    for layer in range(n_layers):
+        if layer and layer % 4 == 0:
+            h = splitmix64(h)
+        sizes.append(pool[(((h >> (16 * (layer % 4))) & 0xFFFF) * n) >> 16])
+    return tuple(sizes)
 
 
 def block_floats(layers: Sequence[tuple[int, int]], max_sizes: Sequence[int], spatial_dims: int) -> int:

@@ -80,27 +80,44 @@ def _philox(counter, k0, k1):
 
 
 @triton.jit
-def _draw_row(p_ptr, tab_ptr, k0, k1, net_base, PRM: tl.constexpr, POOL: tl.constexpr, DBLOCK: tl.constexpr):
+def _splitmix64(z):
+    """SplitMix64's finalizer of the uint64 ``z`` (``fedgin.draw.splitmix64``)."""
+    z = z + 0x9E3779B97F4A7C15
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+@triton.jit
+def _draw_row(p_ptr, tab_ptr, k0, k1, net_base, PRM: tl.constexpr, POOL: tl.constexpr, L: tl.constexpr,
+              DBLOCK: tl.constexpr):
     """Draw a sample's packed parameter row (``PRM`` floats) into ``p_ptr``: entry ``j`` of the draw table says which
     number of the sample's block (counter ``net_base`` + its index) fills it, whether it is a weight (normal) or
     padding (0), its layer and its ring (a tap's distance from the kernel's centre). With a pool of sizes (``POOL``),
     a tap outside its layer's drawn kernel is zero, so a launch whose kernels are larger than a draw's runs it exactly
     (``fedgin.draw`` and :func:`fedgin.kernels.launch.draw_table`)."""
+    radii = ()
+    if len(POOL) > 1:  # each layer's drawn size, from the seed's hash: 16 bits a layer, a new hash every 4 layers
+        h = _splitmix64(k1.to(tl.uint64) * 2147483648 + k0.to(tl.uint64))
+        for layer in tl.static_range(L):
+            if layer > 0 and layer % 4 == 0:
+                h = _splitmix64(h)
+            pick = (((h >> (16 * (layer % 4))) & 0xFFFF) * len(POOL)) >> 16
+            radius = POOL[0] // 2
+            for i in tl.static_range(1, len(POOL)):
+                radius = tl.where(pick == i, POOL[i] // 2, radius)
+            radii = radii + (radius,)
     for j0 in range(0, PRM, DBLOCK):
         idx = j0 + tl.arange(0, DBLOCK)
         e = tl.load(tab_ptr + idx, mask=idx < PRM, other=0)
         a, b = _philox((net_base + (e & 0xFFFFF)).to(tl.uint32), k0, k1)
         val, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(a), tl.uint_to_uniform_float(b))
         keep = (e >> 28) == 1
-        if len(POOL) > 1:  # the layer's drawn size: word l % 4 at counter l // 4, scaled to the pool by its high half
+        if len(POOL) > 1:
             layer = (e >> 20) & 0xF
-            z = (layer * 0).to(tl.uint32)
-            w0, w1, w2, w3 = tl.philox_impl((layer // 4).to(tl.uint32), z, z, z, k0, k1)
-            w = tl.where(layer % 4 == 0, w0, tl.where(layer % 4 == 1, w1, tl.where(layer % 4 == 2, w2, w3)))
-            pick = tl.math.umulhi(w, len(POOL))
-            radius = pick * 0
-            for i in tl.static_range(len(POOL)):
-                radius = tl.where(pick == i, POOL[i] // 2, radius)
+            radius = layer * 0
+            for i in tl.static_range(L):
+                radius = tl.where(layer == i, radii[i], radius)
             keep = keep & (((e >> 24) & 0xF) <= radius)
         tl.store(p_ptr + idx, tl.where(keep, val, 0.0), mask=idx < PRM)
 
@@ -357,7 +374,7 @@ def gin_stream_kernel(
         a, _ = _philox((16 + b * block + block - 1).to(tl.uint32), k0, k1)
         alpha = tl.uint_to_uniform_float(a)
         PRM: tl.constexpr = (OFF[L] + 16) // 16 * 16
-        _draw_row(p_b, tab_ptr, k0, k1, 16 + b * (1 - shared) * block, PRM, POOL, 128)
+        _draw_row(p_b, tab_ptr, k0, k1, 16 + b * (1 - shared) * block, PRM, POOL, L, 128)
         tl.store(p_b + PRM - 1, alpha)  # for a second pass (float16) that reads the row
         tl.debug_barrier()  # the row is all there before any lane reads it
     elif WARGS:  # prm_ptr: the rows' alphas

@@ -15,7 +15,7 @@ def image(shape, dtype=torch.float32, seed=0):
 
 def seed_of(generator):
     """The seed a call takes from ``generator``: one draw of 62 bits."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
+    return int(torch.empty((), dtype=torch.int64).random_(0, 2**62, generator=generator))
 
 
 def test_gin_is_the_seeded_draw_then_apply():

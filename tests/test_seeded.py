@@ -11,6 +11,7 @@ from bench.host_path import STANDIN, DeviceTensor
 from fedgin import GIN, GINParams, draw, gin, gin_views, make_config, reference_apply
 from fedgin.augment.gin_ipa import GINIPA, GINAugmentation
 from fedgin.kernels import launch
+from fedgin.kernels.gin import _splitmix64
 from fedgin.transforms import RandGIN
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -19,29 +20,29 @@ TOL = {F32: 1e-5, BF16: 2e-2, F16: 2e-3}  # max error over max |reference| (floa
 
 
 @triton.jit
-def _triton_draw(normal_ptr, uniform_ptr, words_ptr, lo, hi, N: tl.constexpr):
+def _triton_draw(normal_ptr, uniform_ptr, hash_ptr, lo, hi, N: tl.constexpr):
     c = tl.arange(0, N).to(tl.uint32) * 7 + 16
     z = c * 0
-    a, b, w2, w3 = tl.philox_impl(c, z, z, z, lo.to(tl.uint32), hi.to(tl.uint32))
+    a, b, _, _ = tl.philox_impl(c, z, z, z, lo.to(tl.uint32), hi.to(tl.uint32))
     n, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(a), tl.uint_to_uniform_float(b))
     tl.store(normal_ptr + tl.arange(0, N), n)
     tl.store(uniform_ptr + tl.arange(0, N), tl.uint_to_uniform_float(a))
-    tl.store(words_ptr + tl.arange(0, N), w3.to(tl.int32, bitcast=True))
+    h = _splitmix64(hi.to(tl.uint64) * 2147483648 + lo.to(tl.uint64) + c.to(tl.uint64) * 0)
+    tl.store(hash_ptr + tl.arange(0, N), h.to(tl.int64, bitcast=True))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_the_host_draw_is_tritons_philox_bit_for_bit_in_the_interpreter(seed):
     """NumPy's Philox, uniform and Box-Muller give the interpreter's bits (a GPU's libdevice log/cos may differ by
     an ulp or two in the normals; the integers and uniforms are exact everywhere)."""
-    normal, uniform, words = torch.empty(64), torch.empty(64), torch.empty(64, dtype=torch.int32)
+    normal, uniform, hashed = torch.empty(64), torch.empty(64), torch.empty(64, dtype=torch.int64)
     lo, hi = draw.keys(seed)
-    _triton_draw[(1,)](normal, uniform, words, lo, hi, N=64)
+    _triton_draw[(1,)](normal, uniform, hashed, lo, hi, N=64)
     counters = np.arange(64, dtype=np.uint32) * 7 + 16
     b0, b1 = draw.philox(seed, counters)
     assert np.array_equal(normal.numpy(), draw.normal(b0, b1))
     assert np.array_equal(uniform.numpy(), draw.uniform(b0))
-    assert [draw.philox_words(seed, int(c))[3] for c in counters[:4]] == words.numpy()[:4].view(np.uint32).tolist()
-    assert draw.philox_words(seed, int(counters[5]))[:2] == (int(b0[5]), int(b1[5]))
+    assert int(hashed[0].numpy().view(np.uint64)) == draw.splitmix64(seed)  # the kernel sizes' hash
 
 
 def test_the_draw_has_the_distributions_gin_asks_for():

@@ -43,7 +43,7 @@ def gin_ipa_views(x: Tensor, generator: torch.Generator | None = None, backend: 
     check_tensor(x, cfg)
     name = seeded_backend(x.device, x.dtype, cfg, backend)
     if seed is None:
-        seed = int(torch.randint(0, 2**draw.SEED_BITS, (1,), generator=generator))
+        seed = int(torch.empty((), dtype=torch.int64).random_(0, 2**draw.SEED_BITS, generator=generator))
     mask = ipa_mask((x.shape[0], *x.shape[2:]), generator, device=x.device, spacing=spacing, order=order,
                     downscale=downscale).to(work_dtype(x))
     if name == "triton":
