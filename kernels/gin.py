@@ -99,14 +99,14 @@ def _draw_row(p_ptr, tab_ptr, k0, k1, net_base, PRM: tl.constexpr, POOL: tl.cons
     radii = ()
     if len(POOL) > 1:  # each layer's drawn size, from the seed's hash: 16 bits a layer, a new hash every 4 layers
         h = _splitmix64(k1.to(tl.uint64) * 2147483648 + k0.to(tl.uint64))
-        for layer in tl.static_range(L):
-            if layer > 0 and layer % 4 == 0:
+        for li in tl.static_range(L):
+            if li > 0 and li % 4 == 0:
                 h = _splitmix64(h)
-            pick = (((h >> (16 * (layer % 4))) & 0xFFFF) * len(POOL)) >> 16
-            radius = POOL[0] // 2
+            pick = (((h >> (16 * (li % 4))) & 0xFFFF) * len(POOL)) >> 16
+            r_li = (pick * 0).to(tl.int32) + POOL[0] // 2
             for i in tl.static_range(1, len(POOL)):
-                radius = tl.where(pick == i, POOL[i] // 2, radius)
-            radii = radii + (radius,)
+                r_li = tl.where(pick == i, POOL[i] // 2, r_li)
+            radii = radii + (r_li,)
     for j0 in range(0, PRM, DBLOCK):
         idx = j0 + tl.arange(0, DBLOCK)
         e = tl.load(tab_ptr + idx, mask=idx < PRM, other=0)
@@ -114,11 +114,11 @@ def _draw_row(p_ptr, tab_ptr, k0, k1, net_base, PRM: tl.constexpr, POOL: tl.cons
         val, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(a), tl.uint_to_uniform_float(b))
         keep = (e >> 28) == 1
         if len(POOL) > 1:
-            layer = (e >> 20) & 0xF
-            radius = layer * 0
+            lay = (e >> 20) & 0xF
+            rad = lay * 0
             for i in tl.static_range(L):
-                radius = tl.where(layer == i, radii[i], radius)
-            keep = keep & (((e >> 24) & 0xF) <= radius)
+                rad = tl.where(lay == i, radii[i], rad)
+            keep = keep & (((e >> 24) & 0xF) <= rad)
         tl.store(p_ptr + idx, tl.where(keep, val, 0.0), mask=idx < PRM)
 
 
