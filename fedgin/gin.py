@@ -170,12 +170,16 @@ def _views(x: Tensor, cfg: GINConfig, views: int, generator: torch.Generator | N
             (generator is not None and generator.device.type == "cuda") or torch.cuda.is_current_stream_capturing()):
         return _triton_views(x, cfg, views, torch.randint(0, 2**draw.SEED_BITS, (1,), device=x.device,
                                                           generator=generator))
-    seed = _check_seed(seed) if seed is not None else int(torch.empty((), dtype=torch.int64).random_(
-        0, 2**draw.SEED_BITS, generator=generator))
+    seed = _check_seed(seed) if seed is not None else draw_seed(generator)
     check_finite_on_cpu(x, check_finite)
     if name == "reference":
         return _reference_views(x, cfg, views, seed)
     return _triton_views(x, cfg, views, seed)
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """A call's seed: one draw of :data:`fedgin.draw.SEED_BITS` bits from ``generator`` (default the global RNG)."""
+    return int(torch.empty((), dtype=torch.int64).random_(0, 2**draw.SEED_BITS, generator=generator))
 
 
 def _reference_views(x: Tensor, cfg: GINConfig, views: int, seed: int) -> Tensor:

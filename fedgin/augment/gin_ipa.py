@@ -23,7 +23,7 @@ from torch import Tensor
 from fedgin import draw
 from fedgin.augment.base import Augmentation, gin_options, register, work_dtype
 from fedgin.augment.masks import check_ipa_options, ipa_mask
-from fedgin.gin import BACKENDS, check_finite_on_cpu, check_tensor, gin_views, make_config, seeded_backend
+from fedgin.gin import BACKENDS, check_finite_on_cpu, check_tensor, draw_seed, gin_views, make_config, seeded_backend
 
 
 def gin_ipa_views(x: Tensor, generator: torch.Generator | None = None, backend: str = "auto", *, spacing: int = 24,
@@ -43,7 +43,7 @@ def gin_ipa_views(x: Tensor, generator: torch.Generator | None = None, backend: 
     check_tensor(x, cfg)
     name = seeded_backend(x.device, x.dtype, cfg, backend)
     if seed is None:
-        seed = int(torch.empty((), dtype=torch.int64).random_(0, 2**draw.SEED_BITS, generator=generator))
+        seed = draw_seed(generator)
     mask = ipa_mask((x.shape[0], *x.shape[2:]), generator, device=x.device, spacing=spacing, order=order,
                     downscale=downscale).to(work_dtype(x))
     if name == "triton":
