@@ -153,8 +153,10 @@ class StandIn:
         from torch._dynamo import trace_rules
 
         trace_rules.get_torch_obj_rule_map()  # dynamo's cached map of torch's functions: built from the real ones
-        caches = [f for name in ("_seeded_call", "draw_table", "_zero_seed", "error_counter", "_pack_index")
-                  if hasattr(f := getattr(launch, name, None), "cache_clear")]  # what holds device tensors or kernels
+        holders = [(launch, name) for name in ("seeded_call", "draw_table", "_zero_seed", "error_counter",
+                                                "_pack_index")] + [(sys.modules["fedgin.gin"], "_route")]
+        caches = [f for owner, name in holders  # what holds device tensors or kernels
+                  if hasattr(f := getattr(owner, name, None), "cache_clear")]
         try:
             for owner, name, value in patches:
                 setattr(owner, name, value)

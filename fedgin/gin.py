@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import numbers
+import threading
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -29,19 +32,27 @@ def check_tensor(x: Tensor, cfg: GINConfig) -> None:
     """The checks that need only ``x``'s metadata: type, dtype, rank, sizes, channels, gradient."""
     if not isinstance(x, Tensor):
         raise TypeError(f"GIN input must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"GIN input must be floating point (float32, float16 or bfloat16), got {x.dtype}")
+    check_layout(tuple(x.shape), x.dtype, cfg)
+    check_no_grad(x)
+
+
+def check_layout(shape: tuple[int, ...], dtype: torch.dtype, cfg: GINConfig) -> None:
+    """:func:`check_tensor`'s checks of the dtype, rank, sizes and channels."""
+    if not dtype.is_floating_point:
+        raise TypeError(f"GIN input must be floating point (float32, float16 or bfloat16), got {dtype}")
     rank = cfg.spatial_dims + 2
-    if x.dim() != rank:
+    if len(shape) != rank:
         layout = "B, C, H, W" if cfg.spatial_dims == 2 else "B, C, D, H, W"
-        raise ValueError(
-            f"GIN input for {cfg.spatial_dims}D must have rank {rank} [{layout}], got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
+        raise ValueError(f"GIN input for {cfg.spatial_dims}D must have rank {rank} [{layout}], got shape {shape}")
+    if shape[0] == 0:
         raise ValueError("GIN input is an empty batch (B = 0)")
-    if any(s == 0 for s in x.shape[2:]):
-        raise ValueError(f"GIN input has an empty spatial size: {tuple(x.shape)}")
-    if x.shape[1] != cfg.in_channels:
-        raise ValueError(f"GIN params expect {cfg.in_channels} input channels, input has {x.shape[1]}")
+    if any(s == 0 for s in shape[2:]):
+        raise ValueError(f"GIN input has an empty spatial size: {shape}")
+    if shape[1] != cfg.in_channels:
+        raise ValueError(f"GIN params expect {cfg.in_channels} input channels, input has {shape[1]}")
+
+
+def check_no_grad(x: Tensor) -> None:
     if x.requires_grad:
         raise ValueError("GIN is an augmentation without gradient: pass a tensor that does not require grad")
 
@@ -100,17 +111,26 @@ def _count_errors(out: Tensor) -> Tensor:
 def resolve_backend(x: Tensor, params: GINParams, backend: str = "auto", *, check_finite: bool = True) -> str:
     """Check ``x`` for ``params`` and name the backend that runs it, ``"reference"`` or ``"triton"``, with
     :func:`gin_apply`'s errors (an unknown backend, bad input, a call the Triton backend cannot run)."""
+    _check_backend(backend)
+    check_input(x, params, check_finite=check_finite)
+    return _pick(backend, x.device, x.dtype, lambda: triton_supports(x, params))
+
+
+def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown GIN backend {backend!r}; choose one of {BACKENDS}")
-    check_input(x, params, check_finite=check_finite)
+
+
+def _pick(backend: str, device: torch.device, dtype: torch.dtype, reason: Callable[[], str | None]) -> str:
+    """The backend that runs a call on ``device``: ``reason()`` says why the kernel cannot, or ``None``."""
     if backend == "auto":
-        return "triton" if x.is_cuda and triton_supports(x, params) is None else "reference"
+        return "triton" if device.type == "cuda" and reason() is None else "reference"
     if backend == "triton":
-        if x.dtype not in _IO_DTYPES:
-            raise TypeError(f"the Triton GIN backend takes float32, float16 or bfloat16, got {x.dtype}")
-        reason = triton_supports(x, params)
-        if reason is not None:
-            raise ValueError(f"the Triton GIN backend cannot run this call: {reason}")
+        if dtype not in _IO_DTYPES:
+            raise TypeError(f"the Triton GIN backend takes float32, float16 or bfloat16, got {dtype}")
+        why = reason()
+        if why is not None:
+            raise ValueError(f"the Triton GIN backend cannot run this call: {why}")
     return backend
 
 
@@ -152,34 +172,84 @@ def gin_views(x: Tensor, views: int = 1, generator: torch.Generator | None = Non
     a smaller drawn kernel as its centre. ``check_finite``: :func:`gin_apply`'s.
     """
     _check_batch(x)
+    _check_views(views)
     return _views(x, _config(x, config), views, generator, backend, seed, check_finite)
 
 
 def _views(x: Tensor, cfg: GINConfig, views: int, generator: torch.Generator | None, backend: str,
            seed: int | None, check_finite: bool) -> Tensor:
-    check_tensor(x, cfg)
-    if isinstance(views, bool) or int(views) != views or views < 1:
-        raise ValueError(f"GIN views must be a positive integer, got {views!r}")
+    """The call path of :func:`gin_views` and :class:`GIN`: everything that depends only on the call's shape, dtype,
+    device, config, backend and views is resolved once (:func:`_route`); a call then draws a seed and launches."""
+    check_no_grad(x)
     if torch.compiler.is_compiling():  # one opaque op, the seed a tensor: no graph break (the op checks the rest)
         seed_t = (torch.full((1,), _check_seed(seed), dtype=torch.int64, device=x.device) if seed is not None
                   else torch.randint(0, 2**draw.SEED_BITS, (1,), device=x.device, generator=generator))
         return torch.ops.fedgin.gin_views(x, seed_t, views, backend, *_op_config(cfg))
-    name = seeded_backend(x.device, x.dtype, cfg, backend)
-    _check_counters(x.shape[0], cfg)
-    if seed is None and name == "triton" and x.is_cuda and (
+    route = _route(x.shape, x.dtype, x.device, cfg, backend, views)
+    if seed is None and route.triton and x.is_cuda and (
             (generator is not None and generator.device.type == "cuda") or torch.cuda.is_current_stream_capturing()):
-        return _triton_views(x, cfg, views, torch.randint(0, 2**draw.SEED_BITS, (1,), device=x.device,
-                                                          generator=generator))
+        return _device_seed_views(x, cfg, views, torch.randint(0, 2**draw.SEED_BITS, (1,), device=x.device,
+                                                               generator=generator))
     seed = _check_seed(seed) if seed is not None else draw_seed(generator)
     check_finite_on_cpu(x, check_finite)
-    if name == "reference":
+    if not route.triton:
         return _reference_views(x, cfg, views, seed)
-    return _triton_views(x, cfg, views, seed)
+    return route.launch(x, seed)
+
+
+class _Route:
+    """A seeded call's resolved path: the backend, and on the Triton backend the launcher of each kernel-size tuple
+    (:func:`fedgin.kernels.launch.seeded_call`), built the first time a draw picks it."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, cfg: GINConfig,
+                 backend: str, views: int) -> None:
+        self.key = (shape, dtype, device, cfg, views)
+        self.triton = seeded_backend(device, dtype, cfg, backend) == "triton"
+        self.cfg, self.views = cfg, views
+        self.calls: dict[tuple[int, ...], object] = {}
+
+    def launch(self, x: Tensor, seed: int) -> Tensor:
+        """The views of ``x`` drawn with ``seed``: the launch's kernel sizes are each layer's largest among them."""
+        cfg = self.cfg
+        ks = cfg.seeded_sizes(seed)
+        for v in range(1, self.views):
+            ks = tuple(map(max, ks, cfg.seeded_sizes(seed + v * draw.VIEW_STRIDE)))
+        call = self.calls.get(ks)
+        if call is None:
+            from fedgin.kernels.launch import seeded_call
+
+            shape, dtype, device, cfg, views = self.key
+            call = self.calls[ks] = seeded_call(shape, dtype, device, cfg, ks, views)
+        return call(x, seed)
+
+
+@functools.lru_cache(maxsize=256)
+def _route(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, cfg: GINConfig, backend: str,
+           views: int) -> _Route:
+    """The checks of a call's shape, dtype, config and backend (their errors are raised on every call: a failure is
+    not cached), then its :class:`_Route`."""
+    shape = tuple(shape)
+    check_layout(shape, dtype, cfg)
+    draw.check_counters(shape[0], cfg.channels(), cfg.max_sizes(), cfg.spatial_dims)
+    return _Route(shape, dtype, device, cfg, backend, views)
 
 
 def draw_seed(generator: torch.Generator | None) -> int:
     """A call's seed: one draw of :data:`fedgin.draw.SEED_BITS` bits from ``generator`` (default the global RNG)."""
-    return int(torch.empty((), dtype=torch.int64).random_(0, 2**draw.SEED_BITS, generator=generator))
+    return int(_seed_buffer().random_(0, 2**draw.SEED_BITS, generator=generator))
+
+
+_local = threading.local()
+
+
+def _seed_buffer() -> Tensor:
+    """This thread's 0-d int64 tensor the seeds are drawn into (allocating one a call costs more than the draw)."""
+    try:
+        return _local.seed
+    except AttributeError:
+        with torch.inference_mode(False):  # a normal tensor: an inference tensor refuses in-place draws outside
+            _local.seed = torch.empty((), dtype=torch.int64)
+        return _local.seed
 
 
 def _reference_views(x: Tensor, cfg: GINConfig, views: int, seed: int) -> Tensor:
@@ -188,38 +258,27 @@ def _reference_views(x: Tensor, cfg: GINConfig, views: int, seed: int) -> Tensor
     return _count_errors(torch.stack(outs))
 
 
-def _triton_views(x: Tensor, cfg: GINConfig, views: int, seed: int | Tensor) -> Tensor:
-    """The fused kernel's views, drawn in the kernel: the launch's kernel sizes are each layer's largest among the
-    views (the pool's largest with a device seed: the host cannot read it)."""
+def _device_seed_views(x: Tensor, cfg: GINConfig, views: int, seed: Tensor) -> Tensor:
+    """The fused kernel's views from a seed on the device: every layer at the pool's largest size (the host cannot
+    read the seed to pick the sizes)."""
     from fedgin.kernels.launch import Seeded, gin_seeded
 
-    if isinstance(seed, Tensor):
-        ks = cfg.max_sizes()
-    else:
-        ks = cfg.seeded_sizes(seed)
-        for v in range(1, views):
-            ks = tuple(map(max, ks, cfg.seeded_sizes(seed + v * draw.VIEW_STRIDE)))
-    return gin_seeded(x, Seeded(cfg, seed, ks, views))
+    return gin_seeded(x, Seeded(cfg, seed, cfg.max_sizes(), views))
 
 
 @functools.lru_cache(maxsize=256)
 def seeded_backend(device: torch.device, dtype: torch.dtype, cfg: GINConfig, backend: str) -> str:
     """:func:`resolve_backend` for a seeded call (its errors; any drawn kernel size must suit the kernel)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown GIN backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "reference":
-        return backend
-    probe = torch.empty((1, cfg.in_channels) + (1,) * cfg.spatial_dims, dtype=dtype)  # its device: below
-    reason = triton_supports(probe, _Shape(cfg))
-    if reason is None and device.type not in ("cuda", "cpu"):
-        reason = f"device {device} (CUDA, or the CPU through Triton's interpreter)"
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and reason is None else "reference"
-    if dtype not in _IO_DTYPES:
-        raise TypeError(f"the Triton GIN backend takes float32, float16 or bfloat16, got {dtype}")
-    if reason is not None:
-        raise ValueError(f"the Triton GIN backend cannot run this call: {reason}")
-    return backend
+    _check_backend(backend)
+
+    def reason() -> str | None:
+        probe = torch.empty((1, cfg.in_channels) + (1,) * cfg.spatial_dims, dtype=dtype)  # its device: below
+        why = triton_supports(probe, _Shape(cfg))
+        if why is None and device.type not in ("cuda", "cpu"):
+            why = f"device {device} (CUDA, or the CPU through Triton's interpreter)"
+        return why
+
+    return _pick(backend, device, dtype, reason)
 
 
 class _Shape:
@@ -230,9 +289,9 @@ class _Shape:
         self.kernel_sizes = cfg.max_sizes()
 
 
-@functools.lru_cache(maxsize=256)
-def _check_counters(batch: int, cfg: GINConfig) -> None:
-    draw.check_counters(batch, cfg.channels(), cfg.max_sizes(), cfg.spatial_dims)
+def _check_views(views: int) -> None:
+    if type(views) is not int and (isinstance(views, bool) or not isinstance(views, numbers.Integral)) or views < 1:
+        raise ValueError(f"GIN views must be a positive integer, got {views!r}")
 
 
 def _check_seed(seed: int) -> int:
@@ -242,6 +301,8 @@ def _check_seed(seed: int) -> int:
 
 
 def _config(x: Tensor, config: dict) -> GINConfig:
+    if not config and not torch.compiler.is_compiling():  # gin(x): the defaults for x's channels and dimensions
+        return _cached_config((("in_channels", x.shape[1]), ("spatial_dims", x.dim() - 2)))
     config.setdefault("in_channels", x.shape[1])
     config.setdefault("spatial_dims", x.dim() - 2)
     if torch.compiler.is_compiling():
@@ -270,14 +331,11 @@ def _gin_views_op(x: Tensor, seed: Tensor, views: int, backend: str, interm_chan
     kernel; on the CPU, read here)."""
     cfg = GINConfig(x.shape[1], None, interm_channels, n_layers, tuple(kernel_sizes), x.dim() - 2, per_sample, slope,
                     eps, tuple(layer_kernel_sizes) or None)
-    backend = seeded_backend(x.device, x.dtype, cfg, backend)
-    _check_counters(x.shape[0], cfg)
-    if backend == "triton" and seed.device.type != "cpu":
-        return _triton_views(x, cfg, views, seed)
+    route = _route(x.shape, x.dtype, x.device, cfg, backend, views)
+    if route.triton and seed.device.type != "cpu":
+        return _device_seed_views(x, cfg, views, seed)
     value = int(seed.item())  # a CPU tensor, or the reference on a GPU (which draws on the host)
-    if backend == "reference":
-        return _reference_views(x, cfg, views, value)
-    return _triton_views(x, cfg, views, value)
+    return route.launch(x, value) if route.triton else _reference_views(x, cfg, views, value)
 
 
 @_gin_views_op.register_fake
@@ -336,10 +394,8 @@ class GIN(torch.nn.Module):
 
     def __init__(self, backend: str = "auto", views: int = 1, **config) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown GIN backend {backend!r}; choose one of {BACKENDS}")
-        if isinstance(views, bool) or int(views) != views or views < 1:
-            raise ValueError(f"GIN views must be a positive integer, got {views!r}")
+        _check_backend(backend)
+        _check_views(views)
         self.config = make_config(**config)
         self.backend = backend
         self.views = views

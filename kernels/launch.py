@@ -487,8 +487,12 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
 def _scratch(plan: Plan, n_layers: int, interm: int, rows: int, device: torch.device) -> Tensor:
     """A 3D plan's scratch, zeroed: an edge lane's read of a region not yet written (or of a guard) gives a finite
     halo value."""
-    region = scratch_regions(plan, n_layers) * interm * plan.th * plan.tw
-    return torch.zeros(rows * plan.n_tiles * region + 2 * scratch_guard(plan), dtype=torch.float32, device=device)
+    return torch.zeros(scratch_floats_of(plan, n_layers, interm, rows), dtype=torch.float32, device=device)
+
+
+def scratch_floats_of(plan: Plan, n_layers: int, interm: int, rows: int) -> int:
+    """Floats of a 3D plan's scratch for ``rows`` samples: each tile's regions, and a guard at either end."""
+    return rows * plan.n_tiles * scratch_regions(plan, n_layers) * interm * plan.th * plan.tw + 2 * scratch_guard(plan)
 
 
 @dataclass(frozen=True)
@@ -611,26 +615,21 @@ def gin_seeded(x: Tensor, seeded: Seeded, out: Tensor | None = None, plan: Plan 
     (optional) overrides :func:`make_plan`'s tiles (two launches: never ``wargs``, the weights are drawn on the
     device, nor ``finish``).
     """
-    x = x.contiguous()
-    out = _check_out(out, x, (seeded.views, *x.shape))
-    call = _seeded_call(tuple(x.shape), x.dtype, x.device, seeded.cfg, seeded.kernel_sizes, seeded.views, plan)
-    part = call.run(x, out, seeded.seed)
-    if call.scale_grid is not None:
-        _runner("gin_scale_kernel", x.device)[call.scale_grid](out, part, call.err, *call.scale_args, BLOCK=SCALE_BLOCK,
-                                                               PBLOCK=PBLOCK, num_warps=4)
-    return out
+    call = seeded_call(tuple(x.shape), x.dtype, x.device, seeded.cfg, seeded.kernel_sizes, seeded.views, plan)
+    return call(x, seeded.seed, out)
 
 
 @dataclass(frozen=True)
-class _SeededCall:
-    """What a seeded call's launches need besides its tensors and seed, built once per shape, dtype, device, config,
-    kernel sizes and views (host time: a call then allocates and launches)."""
+class SeededCall:
+    """A seeded call's launches for one shape, dtype, device, config, kernel sizes and views, built once
+    (:func:`seeded_call`): a call then allocates its output [views, B, C, *S] and one float32 buffer (partial norms,
+    parameter rows, a 3D plan's scratch) and launches."""
 
+    out_shape: tuple[int, ...]
     grid: tuple[int, int, int]
     launches: tuple[dict, ...]  # the stream launches' other arguments: the first draws, float16's second reads
-    part_shape: tuple[int, ...]
-    prm_shape: tuple[int, ...]
-    scratch: tuple[Plan, int, int, int] | None  # _scratch's arguments, for a 3D plan
+    buffer: tuple[int, int, int, int]  # floats of the buffer; offsets of the rows, of the scratch; its floats
+    part_cols: int  # floats of a sample's partial norms
     table: Tensor
     zero_seed: Tensor
     err: Tensor
@@ -638,12 +637,26 @@ class _SeededCall:
     scale_grid: tuple[int, int] | None  # the scale pass, where the stream stores the mix unscaled
     scale_args: tuple
 
+    def __call__(self, x: Tensor, seed: int | Tensor, out: Tensor | None = None) -> Tensor:
+        """The views of ``x`` drawn with ``seed`` (an int, or an int64 tensor [1] on the device), into ``out``."""
+        x = x.contiguous()
+        out = _check_out(out, x, self.out_shape)
+        part = self.run(x, out, seed)
+        if self.scale_grid is not None:
+            _runner("gin_scale_kernel", x.device)[self.scale_grid](out, part, self.err, *self.scale_args,
+                                                                   BLOCK=SCALE_BLOCK, PBLOCK=PBLOCK, num_warps=4)
+        return out
+
     def run(self, x: Tensor, out: Tensor, seed: int | Tensor) -> Tensor:
-        """The stream launches into ``out``; returns the partial norms."""
-        dev = x.device
-        part = torch.empty(self.part_shape, dtype=torch.float32, device=dev)
-        prm = torch.empty(self.prm_shape, dtype=torch.float32, device=dev)
-        scratch = _scratch(*self.scratch, dev) if self.scratch else part
+        """The stream launches into ``out``; returns the partial norms (a flat float32 tensor)."""
+        floats, rows_at, scratch_at, scratch_floats = self.buffer
+        buf = torch.empty(floats, dtype=torch.float32, device=x.device)
+        part, prm = buf, buf[rows_at:]
+        if scratch_floats:  # zeroed: an edge lane's read of a region not yet written gives a finite halo value
+            scratch = buf[scratch_at:]
+            scratch.zero_()
+        else:
+            scratch = buf
         if isinstance(seed, Tensor):
             seed_t, lo, hi = seed, 0, 0
         else:
@@ -655,8 +668,10 @@ class _SeededCall:
 
 
 @functools.lru_cache(maxsize=256)
-def _seeded_call(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, cfg, ks: tuple[int, ...], views: int,
-                 plan: Plan | None = None, scale: bool = True) -> _SeededCall:
+def seeded_call(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, cfg, ks: tuple[int, ...],
+                views: int, plan: Plan | None = None, scale: bool = True) -> SeededCall:
+    """The :class:`SeededCall` of ``views`` views of a [B, C, *S] ``shape`` drawn in launches with kernel sizes ``ks``
+    (``scale``: with the scale pass where the stream stores unscaled; GIN-IPA's blend scales instead)."""
     dims = len(shape) - 2
     plan = plan or make_plan(shape, ks, cfg.interm_channels, sms=_sm_count(device.index) if device.type == "cuda"
                              else H100_SMS)
@@ -667,15 +682,18 @@ def _seeded_call(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     prm_cols = _round_up(arg_floats(cfg.in_channels, cfg.interm_channels, ks, dims) + 1, 16)
     launches = []
     for i, mode in enumerate(stream_modes(dtype)):  # float16's second pass reads the rows the first drew
-        args = dict(_stream_args(shape, ks, cfg, plan, i == 0))
-        del args["seed_lo"], args["seed_hi"]
+        args = {k: v for k, v in _stream_args(shape, ks, cfg, plan, i == 0).items() if k not in ("seed_lo", "seed_hi")}
         launches.append(args | {"prm_stride": prm_cols, "MODE": mode, "block": block_floats(cfg, dims),
                                 "shared": int(not cfg.per_sample)})
     numel = math.prod(shape[1:])
     unscaled = scale and stream_modes(dtype) == (int(STORE_UNSCALED),)
-    return _SeededCall(
-        (plan.n_tiles, shape[0], views), tuple(launches), (rows, plan.n_tiles, 2), (rows, prm_cols),
-        (plan, len(ks), cfg.interm_channels, rows) if plan.scratch else None,
+    # one buffer: the partial norms, then the rows, then the scratch, each 16-float aligned (as the kernel is compiled)
+    rows_at = _round_up(rows * plan.n_tiles * 2, 16)
+    scratch_at = rows_at + rows * prm_cols
+    scratch_floats = scratch_floats_of(plan, len(ks), cfg.interm_channels, rows) if plan.scratch else 0
+    return SeededCall(
+        (views, *shape), (plan.n_tiles, shape[0], views), tuple(launches),
+        (scratch_at + scratch_floats, rows_at, scratch_at, scratch_floats), plan.n_tiles * 2,
         draw_table(ks, tuple(cfg.channels()), cfg.max_sizes(), dims, device), _zero_seed(device),
         error_counter(device), _runner("gin_stream_kernel", device),
         (triton.cdiv(numel, SCALE_BLOCK), rows) if unscaled else None,
@@ -722,9 +740,9 @@ def gin_ipa_seeded(x: Tensor, seeded: Seeded, mask: Tensor, out: Tensor | None =
     if seeded.views != 3:
         raise ValueError(f"GIN-IPA takes 3 GIN views, got {seeded.views}")
     x, mask, out = _ipa_operands(x, mask, out)
-    call = _seeded_call(tuple(x.shape), x.dtype, x.device, seeded.cfg, seeded.kernel_sizes, 3, scale=False)
-    part = call.run(x, out, seeded.seed)
+    call = seeded_call(tuple(x.shape), x.dtype, x.device, seeded.cfg, seeded.kernel_sizes, 3, scale=False)
     bsz = x.shape[0]
+    part = call.run(x, out, seeded.seed)[:3 * bsz * call.part_cols].view(3 * bsz, call.part_cols // 2, 2)
     return _ipa_blend(x, mask, out, [part[v * bsz:(v + 1) * bsz] for v in range(3)], seeded.cfg.eps)
 
 

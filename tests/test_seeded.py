@@ -190,3 +190,25 @@ def test_gin_compiles_into_a_training_step_without_a_graph_break():
     assert net.weight.grad is not None and torch.isfinite(net.weight.grad).all()
     views = torch.compile(lambda t: gin_views(t, 3, interm_channels=3), fullgraph=True)(x)
     assert views.shape == (3, *x.shape) and not torch.equal(views[0], views[1])
+
+
+def test_a_thread_whose_first_call_is_under_inference_mode_draws_outside_it_too():
+    """The seed is drawn into a per-thread buffer: made under ``torch.inference_mode`` it must still take in-place
+    draws outside (an inference tensor would refuse them)."""
+    import threading
+
+    outs, errors = [], []
+
+    def worker():
+        try:
+            x = torch.rand(2, 3, 8, 9) + 0.5
+            with torch.inference_mode():
+                outs.append(gin(x, seed=None))
+            outs.append(gin(x))
+        except Exception as err:  # reported below, in the test's thread
+            errors.append(err)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert not errors and len(outs) == 2 and not torch.equal(outs[0], outs[1])
