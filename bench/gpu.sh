@@ -15,8 +15,8 @@
 #
 # It installs nothing from a registry (the GPU machine has its own torch/triton and no network):
 # - MONAI (imported by fedgin.bench's comparison rows) is not on that image: wheels in $FEDGIN_WHEELS (default
-#   .wheels/, committed: `pip download monai nibabel --no-deps -d .wheels`) are unzipped into a temp dir on
-#   PYTHONPATH when the import fails.
+#   .wheels/, ignored by git: fill it first with `pip download monai nibabel --no-deps -d .wheels` and name it in the
+#   device tool's `carry`) are unzipped into a temp dir on PYTHONPATH when the import fails.
 # - fedgin.kernels / fedgin.bench (kernels/ and bench/ mapped in by setup.py's package_dir) must import from
 #   this checkout: as they are, else `pip install --no-deps --no-index --no-build-isolation -e .` (offline),
 #   else a sitecustomize.py shim in a temp dir on PYTHONPATH that maps the two names to kernels/ and bench/
