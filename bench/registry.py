@@ -177,6 +177,3 @@ register(Impl("authors", "FedGIN authors' released configuration: one network pe
               "and copied back", _same(authors_cpu),
               lambda case, device: None if case.dims == 2 else "the FedGIN authors' GIN is 2D only",
               shared_network=True, heavy=True, graphable=False))
-
-
-from . import augment_impls  # noqa: E402,F401 - registers the comparison augmentations after GIN's entries

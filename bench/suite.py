@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedgin import GINParams, reference_apply
+from fedgin.environment import resolve_device
 
 from . import timing
 from .anchors import compare_anchors
@@ -27,16 +28,6 @@ NO_CHECK = "not GIN: no reference check"  # the reason shown for implementations
 
 class CheckFailed(RuntimeError):
     """An implementation's output is not GIN's (beyond the dtype's tolerance)."""
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``name`` as a device (default: CUDA when present, else the CPU); an unusable one is an error."""
-    device = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type not in ("cuda", "cpu"):
-        raise ValueError(f"the suite runs on 'cuda' or 'cpu', not {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA GPU")
-    return device
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

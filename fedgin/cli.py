@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 COMMANDS = ("synth", "augment", "train", "experiment", "demo", "bench")
 DESCRIPTION = ("Fused GIN augmentation and a federated CT/MRI segmentation trainer. Start with `fedgin demo`; "
@@ -23,8 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    saved = warnings.formatwarning  # a user's warning (a data set's cases cut, say) as one line, not Python's two
+    warnings.formatwarning = lambda message, category, *rest, **kw: (
+        f"fedgin {args.command}: warning: {message}\n" if issubclass(category, UserWarning)
+        else saved(message, category, *rest, **kw))
     try:
         return int(args.run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"fedgin {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = saved

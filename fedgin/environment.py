@@ -11,6 +11,26 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``name`` as a device (``None``/``"auto"``: CUDA when torch sees a GPU, else the CPU); a device this machine
+    cannot run is a ``ValueError`` naming it (checked before any work)."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"device {name!r}: fedgin runs on cuda or cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: torch {torch.__version__} sees no CUDA GPU on this machine; "
+                             "use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
     try:

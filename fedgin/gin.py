@@ -155,7 +155,8 @@ def triton_available() -> bool:
 def gin(x: Tensor, generator: torch.Generator | None = None, backend: str = "auto", *, seed: int | None = None,
         check_finite: bool = True, **config) -> Tensor:
     """Draw a GIN for ``x``'s batch and apply it: :func:`gin_views` with one view."""
-    return gin_views(x, 1, generator, backend, seed=seed, check_finite=check_finite, **config)[0]
+    _check_batch(x)
+    return _views(x, _config(x, config), 1, generator, backend, seed, check_finite)[0]
 
 
 def gin_views(x: Tensor, views: int = 1, generator: torch.Generator | None = None, backend: str = "auto", *,

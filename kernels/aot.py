@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,17 +50,37 @@ ALTERNATIVES = {(2, 3, 512, 300): (V15_2D, {"planes": 2}, {"idle": True, "maxnre
                                        {"wargs": True, "skew": True, "scalar_scratch": True, "idle": True})}
 
 
+@dataclass(frozen=True)
+class Net:
+    """The network a launch reads (the fields and methods of ``fedgin.GINConfig`` it uses), so that this module
+    compiles without importing fedgin: C -> M -> ... -> M -> C, each layer's size drawn from ``kernel_sizes``."""
+
+    in_channels: int
+    interm_channels: int
+    n_layers: int
+    kernel_sizes: tuple[int, ...]
+    per_sample: bool = True
+    slope: float = 0.01
+    eps: float = 1e-5
+    layer_kernel_sizes: tuple[int, ...] | None = None
+
+    def channels(self) -> list[tuple[int, int]]:
+        c, m, n = self.in_channels, self.interm_channels, self.n_layers
+        return [(c if l == 0 else m, c if l == n - 1 else m) for l in range(n)]
+
+    def max_sizes(self) -> tuple[int, ...]:
+        return self.layer_kernel_sizes or (max(self.kernel_sizes),) * self.n_layers
+
+
 class Shape:
-    """Stand-in for :class:`fedgin.GINParams` with just what the launch arguments need."""
+    """Stand-in for ``fedgin.GINParams`` with just what the launch arguments need."""
 
     has_host_copy = True  # as a draw made on the CPU
 
     def __init__(self, kernel_sizes: tuple[int, ...], channels: int, interm: int, per_sample: bool = True) -> None:
-        from fedgin.params import GINConfig
-
         self.kernel_sizes = kernel_sizes
-        self.config = GINConfig(in_channels=channels, interm_channels=interm, n_layers=len(kernel_sizes),
-                                kernel_sizes=(1, 3) if max(kernel_sizes) <= 3 else (1, 3, 5), per_sample=per_sample)
+        self.config = Net(channels, interm, len(kernel_sizes), (1, 3) if max(kernel_sizes) <= 3 else (1, 3, 5),
+                          per_sample)
 
 
 def specializations() -> Iterator[tuple[tuple[int, ...], tuple[int, ...], torch.dtype, int, int]]:

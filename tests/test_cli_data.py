@@ -114,3 +114,31 @@ def test_augment_does_not_overwrite_samples_unless_asked(tmp_path, ct_slice):
     assert cli.main(["augment", ct_slice, str(out), "--n", "1", "--overwrite"]) == 0
     assert load_nifti(out / "gin_000.nii.gz")[0].shape == (64, 64)
     assert sorted(p.name for p in out.iterdir()) == ["gin_000.nii.gz", "preview.png"]
+
+
+def test_synth_into_a_path_below_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a directory")
+    assert cli.main(["synth", str(tmp_path / "afile" / "ds"), "--cases", "1", "--size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_augment_on_a_device_this_machine_lacks_stops_before_any_work(tmp_path, ct_slice, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "aug"
+    assert cli.main(["augment", ct_slice, str(out), "--n", "1", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "sees no CUDA GPU" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_commands_user_warning_prints_as_one_line(monkeypatch):
+    import warnings
+
+    from fedgin.commands import synth
+
+    shown = []
+    monkeypatch.setattr(synth, "run", lambda args: shown.append(
+        warnings.formatwarning("training on the first 2 of its 3 cases", UserWarning, "data.py", 55)))
+    assert cli.main(["synth", "unused"]) == 0
+    assert shown == ["fedgin synth: warning: training on the first 2 of its 3 cases\n"]
+    assert "DeprecationWarning" in warnings.formatwarning("old", DeprecationWarning, "x.py", 1)  # Python's, restored

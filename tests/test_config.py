@@ -91,3 +91,13 @@ def test_parse_override():
     assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
     with pytest.raises(ValueError, match="key.sub=value"):
         parse_override("rounds")
+
+
+def test_the_shipped_two_site_config_loads_as_the_readme_shows():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "two-sites.yaml")
+    assert [(s.name, s.modality, s.cases) for s in cfg.data.sites] == [("hospital-ct", "ct", 0),
+                                                                      ("hospital-mri", "mri-t2", 0)]
+    assert cfg.data.sites[0].label_map is None and cfg.data.sites[1].label_map == cfg.data.test[1].label_map
+    assert cfg.fed.rounds == 100 and cfg.train.optimizer == "adamw"  # its own keys over the fedgin-paper preset's

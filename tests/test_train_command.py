@@ -2,6 +2,7 @@
 import argparse
 
 import pytest
+import torch
 
 from fedgin.commands import experiment, train
 
@@ -63,3 +64,17 @@ def test_experiment_runs_the_protocol_arms(tmp_path, capsys, interrupted_at):
     with pytest.raises(ValueError, match="the config differs"):  # fedavg's finished run, checked before training
         experiment.run(parse(experiment, changed))
     assert not (tmp_path / "exp/central").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "experiment"])
+def test_a_device_this_machine_lacks_is_a_one_line_error_before_any_work(tmp_path, capsys, monkeypatch, command):
+    from fedgin import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    argv = [command, "--preset", "demo-fast", "--device", "cuda", "--out", str(out), "--set",
+            f"data.cache_dir={tmp_path / 'cache'}"]
+    assert cli.main([a for a in argv if not (command == "demo" and a in ("--preset", "demo-fast"))]) == 2
+    err = capsys.readouterr().err
+    assert "sees no CUDA GPU" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "cache").exists()

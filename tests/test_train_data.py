@@ -58,6 +58,12 @@ def test_ct_window_mri_percentiles_and_label_map(tmp_path):
                           data_cfg())
     assert 0 <= case.image.min() and case.image.max() <= 1 and case.image.max() == 1
     assert set(case.label.unique().tolist()) == {0, 2}  # the explicit map: data set's 1 is fedgin's spleen
+    # a map without 0: 0 is background (the MSD layout's); another id it leaves out is still an error
+    implied = SiteConfig("m", "mri-t2", data_dir=str(mri), label_map={1: "spleen", 2: "liver", 7: "background"})
+    (case,) = load_source(implied, data_cfg())
+    assert set(case.label.unique().tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match=r"label values \[7\] are not in the site's label map"):
+        load_source(SiteConfig("m", "mri-t2", data_dir=str(mri), label_map={1: "spleen", 2: "liver"}), data_cfg())
 
 
 def test_training_tensors_2d_slices_and_3d_volumes(tmp_path):

@@ -21,6 +21,7 @@ import torch
 from matplotlib.figure import Figure
 
 from fedgin.data.msd import load_nifti, save_nifti
+from fedgin.environment import resolve_device
 from fedgin.gin import BACKENDS, gin_apply, make_config
 from fedgin.params import GINParams
 
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    device = resolve_device(args.device)
     data, affine, header = load_nifti(args.input)
     image = _gin_input(data, args.input)
     cfg = make_config(in_channels=1, interm_channels=args.interm_channels, n_layers=args.n_layers,
@@ -61,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     names = [f"gin_{i:03d}.nii.gz" for i in range(args.n)]
     _check_out_dir(args.out_dir, names + [PREVIEW], args.overwrite)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     x = _normalize(torch.from_numpy(image), args.normalize)
     params = GINParams.draw_config(args.n, cfg, device=device, generator=torch.Generator().manual_seed(args.seed))
     with torch.no_grad():

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from fedgin.data.intensity import MODALITIES
-from fedgin.data.phantom import write_dataset
+from fedgin.data.phantom import MIN_DEPTH, MIN_SIZE, write_dataset
 
 HELP = "write a synthetic abdominal CT/MRI phantom data set (MSD layout: imagesTr/, labelsTr/, dataset.json)"
 
@@ -14,9 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output data set directory (must not exist or be empty)")
     parser.add_argument("--modality", choices=MODALITIES, default="ct", help="image modality (default: ct)")
     parser.add_argument("--cases", type=int, default=20, help="number of cases (default: 20)")
-    parser.add_argument("--size", type=int, default=192, help="in-plane size in pixels (default: 192)")
+    parser.add_argument("--size", type=int, default=192,
+                        help=f"in-plane size in pixels, at least {MIN_SIZE} (default: 192)")
     parser.add_argument("--3d", dest="three_d", action="store_true", help="write volumes instead of 2D slices")
-    parser.add_argument("--depth", type=int, default=64, help="slices per volume with --3d (default: 64)")
+    parser.add_argument("--depth", type=int, default=64,
+                        help=f"slices per volume with --3d, at least {MIN_DEPTH} (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="data set seed; case i depends on (seed, i) only")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing data set directory")
 

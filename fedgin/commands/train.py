@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from fedgin.config import PRESETS, load_config
+from fedgin.environment import resolve_device
 from fedgin.fl import engine
 
 HELP = "train one segmentation model across sites (FedAvg/FedProx/FedBN, optional GIN) into a run directory"
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = args.out or f"runs/{cfg.name}"
     if cfg.engine == "flower":
+        resolve_device(cfg.device)  # before the processes start
         try:
             from fedgin.fl.flower.launcher import run_local
         except ImportError as err:

@@ -275,13 +275,16 @@ def write_dataset(out_dir: str | Path, modality: str, cases: int, size: int = 19
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{out}: {parent} is a file, not a directory")
     if not out.exists():
         return
     if not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory")
     if any(out.iterdir()):
         if not overwrite:
-            raise ValueError(f"{out} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+            raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it")
         if not (out / "dataset.json").is_file():
             raise ValueError(f"refusing to overwrite {out}: it holds no dataset.json, so it is not a data set")
 

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedgin.config import RunConfig, dump, recipe
-from fedgin.environment import environment
+from fedgin.environment import environment, resolve_device
 from fedgin.fl.aggregate import Weights, fedavg, fedavg_dsbn
 from fedgin.fl.client import Client, get_weights, set_weights
 from fedgin.fl.rundir import RunDir, atomic_write, to_arrays, to_tensors
@@ -46,12 +46,6 @@ class Federation:
     tests: dict[str, tuple[str, list[Case]]]  # name -> (modality, cases)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_federation(cfg: RunConfig, device: torch.device, progress: bool = False) -> Federation:
     sites, pooled, pooled_modalities = [], [], []
     for i, s in enumerate(cfg.data.sites):
@@ -75,13 +69,13 @@ def build_federation(cfg: RunConfig, device: torch.device, progress: bool = Fals
 
 def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> RunResult:
     """Train per ``cfg`` into the run directory ``out``; ``resume`` continues an interrupted run exactly."""
+    device = resolve_device(cfg.device)  # before any work: an unusable device leaves nothing behind
     rd = RunDir(out)
     text = dump(cfg)
     if rd.check_start(text, resume):
         return _finished(rd)
     state = rd.load_state() if resume and rd.state.is_file() else None
 
-    device = resolve_device(cfg.device)
     fed = build_federation(cfg, device, progress)
     atomic_write(rd.config, text)  # once the data loaded: a run that cannot start leaves nothing behind
     torch.manual_seed(cfg.seed)

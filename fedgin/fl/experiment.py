@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from fedgin.config import RunConfig, validate
+from fedgin.environment import resolve_device
 from fedgin.fl.engine import RunResult, run
 from fedgin.fl.report import comparison_csv, comparison_rows, comparison_table, experiment_table
 from fedgin.fl.rundir import RunDir, atomic_write
@@ -105,6 +106,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, arms: list[str], *, resume: 
     """Run every arm into ``out/<arm>``; with ``resume``, finished arms are kept, an interrupted one continues and
     the rest start. Writes the table after each arm (an interrupted run leaves its finished arms') and returns it."""
     out = Path(out)
+    resolve_device(cfg.device)  # before any arm starts: an unusable device is an error, not an arm's traceback
     configs = {arm: arm_config(cfg, arm) for arm in arms}
     done = {arm: r.test for arm, r in _finished_arms(configs, out, resume, progress).items()}
     for arm, arm_cfg in configs.items():

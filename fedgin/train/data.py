@@ -70,9 +70,11 @@ def dataset_labels(root: str | Path) -> dict[int, str]:
 
 
 def label_lut(label_map: dict[int, str], organs: list[str]) -> dict[int, int]:
-    """Data set label id -> fedgin class index (0 background, i + 1 for ``organs[i]``)."""
+    """Data set label id -> fedgin class index (0 background, i + 1 for ``organs[i]``). Id 0 is background unless
+    the map says otherwise (the data set layout fedgin reads: MSD's, where 0 is background)."""
     index = {organ_key(name): i + 1 for i, name in enumerate(organs)}
-    return {int(k): 0 if organ_key(v) == "background" else index[organ_key(v)] for k, v in label_map.items()}
+    lut = {int(k): 0 if organ_key(v) == "background" else index[organ_key(v)] for k, v in label_map.items()}
+    return {0: 0} | lut
 
 
 def default_label_map(root: Path, organs: list[str]) -> dict[int, str]:

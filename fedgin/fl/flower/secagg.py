@@ -44,7 +44,7 @@ from fedgin.fl.aggregate import Weights
 from fedgin.fl.flower.records import run_config, to_record, to_weights
 
 if TYPE_CHECKING:
-    from fedgin.fl.flower.server_app import SiteNode
+    from fedgin.fl.flower.sites import SiteNode
 
 KEYS = "fedgin-keys"  # FitIns config: the model's entry names, in the order of the FitIns parameters
 MODULUS_RANGE = 2**32  # Flower's default: the range of the masks; config validation keeps the sums below it

@@ -12,7 +12,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +45,7 @@ from fedgin.fl.flower.records import (
     to_weights,
 )
 from fedgin.fl.flower.secagg import secure_round
+from fedgin.fl.flower.sites import SiteNode
 from fedgin.fl.plots import write_plots
 from fedgin.fl.report import run_table
 from fedgin.fl.rundir import RunDir, atomic_write, to_arrays, to_tensors
@@ -58,23 +58,6 @@ app = ServerApp()
 
 class RoundFailed(RuntimeError):
     """Too few sites replied in a round (``flower.min_fit_clients``)."""
-
-
-@dataclass
-class SiteNode:
-    """A joined SuperNode as the server sees it: its site, and what it last sent. Stands in for a
-    :class:`~fedgin.fl.client.Client` where the engine's validation and test code reads one."""
-
-    name: str
-    modality: str
-    index: int  # in data.sites: the order of aggregation and sampling
-    node_id: int
-    train_examples: int = 0  # its training examples, from the handshake under flower.secagg
-    local_state: Weights = field(default_factory=dict)  # FedBN: its normalization layers after its last fit
-    result: EvalResult | None = None  # its last validation
-
-    def evaluate(self, weights: Weights, hd95: bool = True) -> EvalResult:
-        return self.result or EvalResult(0, {})
 
 
 class ServerRun:
