@@ -23,6 +23,10 @@ TINY = [
 ]
 
 
+STATE_KEYS = {"round", "global", "best", "best_round", "best_score", "best_local", "history", "sampler", "torch_rng",
+              "clients", "sites_left"}  # fedgin.fl.ledger's one schema (tests/test_flower_units.py asserts it too)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("phantom")
@@ -124,6 +128,7 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path
         run(cfg, tmp_path / "run", progress=False)
     state = torch.load(tmp_path / "run/state.pt", weights_only=True)
     assert state["round"] == 1 and (tmp_path / "run/checkpoints/global_round_0001.pt").is_file()
+    assert set(state) == STATE_KEYS and state["sites_left"] == {}  # the Flower ServerApp's schema too
 
 
 def test_fedbn_keeps_normalization_local_and_centralized_pools(cache, tmp_path):
@@ -148,7 +153,7 @@ def test_fedbn_keeps_normalization_local_and_centralized_pools(cache, tmp_path):
 
 
 def test_fedbn_tests_and_saves_each_sites_layers_of_the_best_round(cache, tmp_path, monkeypatch):
-    from fedgin.fl import engine
+    from fedgin.fl import engine, ledger
 
     fitted = {}  # (site, round) -> its normalization layers after that round's fit
     fit = Client.fit
@@ -163,9 +168,9 @@ def test_fedbn_tests_and_saves_each_sites_layers_of_the_best_round(cache, tmp_pa
     monkeypatch.setattr(Client, "fit", recording_fit)
     monkeypatch.setattr(engine, "validate_sites", lambda *a: {**validate(*a), "val/score": next(scores)})
     tested = []
-    evaluate = engine.evaluate_tests
-    monkeypatch.setattr(engine, "evaluate_tests", lambda cfg, fed, w, dev: tested.append(
-        {s.name: dict(s.local_state) for s in fed.sites}) or evaluate(cfg, fed, w, dev))
+    evaluate = ledger.evaluate_tests
+    monkeypatch.setattr(ledger, "evaluate_tests", lambda cfg, sites, tests, w, dev: tested.append(
+        {s.name: dict(s.local_state) for s in sites}) or evaluate(cfg, sites, tests, w, dev))
     result = run(tiny(cache, "fed.norm=local", "fed.rounds=2", "eval.overlays=0"), tmp_path / "run", progress=False)
     assert result.best_round == 1
     best = torch.load(result.run_dir / "best_model.pt", weights_only=True)

@@ -72,6 +72,10 @@ def reply(node, w=None, n=4, error=None, loss=1.0, local_keys="", **metrics):
                            has_error=lambda: error is not None, error=SimpleNamespace(reason=error))
 
 
+STATE_KEYS = {"round", "global", "best", "best_round", "best_score", "best_local", "history", "sampler", "torch_rng",
+              "clients", "sites_left"}  # fedgin.fl.ledger's one schema (tests/test_fl_engine.py asserts it too)
+
+
 def server_run(tmp_path, *over):
     cfg = cfg_with(*over)
     sites = [server_app.SiteNode("ct-a", "ct", 0, 11), server_app.SiteNode("mri-a", "mri-t1", 1, 22)]
@@ -132,10 +136,13 @@ def test_fedbn_keeps_each_sites_layers_of_the_best_round_across_a_resume(tmp_pat
         run.end_round(r, arrays)
     assert np.array_equal(run.sites[0].local_state["w"], weights(21)["w"])  # the last round's, live
     expected = {"ct-a": weights(11)["w"].tolist(), "mri-a": weights(12)["w"].tolist()}
-    assert {name: w["w"].tolist() for name, w in run.best_local.items()} == expected
+    assert {name: w["w"].tolist() for name, w in run.ledger.best_local.items()} == expected
+    assert set(torch.load(run.rd.state, weights_only=True)) == STATE_KEYS  # the built-in engine's schema
     again = server_run(tmp_path, *fedbn)
-    again.restore(run.rd.load_state())
-    assert {name: w["w"].tolist() for name, w in again.best_local.items()} == expected
+    again.restore()
+    assert {name: w["w"].tolist() for name, w in again.ledger.best_local.items()} == expected
+    assert again.done == 2 and [s.local_state["w"].tolist() for s in again.sites] == [
+        weights(21)["w"].tolist(), weights(22)["w"].tolist()]
 
 
 def test_dsbn_averages_each_modality_s_normalization_among_its_sites(tmp_path):

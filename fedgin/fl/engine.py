@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +17,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedgin.config import RunConfig, dump, recipe
+from fedgin.config import RunConfig, dump
 from fedgin.environment import environment, resolve_device
 from fedgin.fl.aggregate import Weights, fedavg, fedavg_dsbn
-from fedgin.fl.client import Client, get_weights, set_weights
-from fedgin.fl.rundir import RunDir, atomic_write, to_arrays, to_tensors
+from fedgin.fl.client import Client, get_weights
+from fedgin.fl.ledger import Ledger
+from fedgin.fl.rundir import RunDir, atomic_write
 from fedgin.train.data import Case, load_source, split
-from fedgin.train.evaluate import evaluate_cases
 from fedgin.train.local import TrainingDiverged
-from fedgin.train.model import make_model, model_for_modality
+from fedgin.train.model import make_model
 
 
 @dataclass
@@ -74,96 +73,49 @@ def run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool
     text = dump(cfg)
     if rd.check_start(text, resume):
         return _finished(rd)
-    state = rd.load_state() if resume and rd.state.is_file() else None
 
     fed = build_federation(cfg, device, progress)
     atomic_write(rd.config, text)  # once the data loaded: a run that cannot start leaves nothing behind
     torch.manual_seed(cfg.seed)
-    weights = get_weights(make_model(cfg))
-    sampler = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict] = []
-    best, best_round, best_score, start = weights, -1, -math.inf, 0
-    best_local: dict[str, Weights] = {}
-    if state is not None:
-        weights, best = to_arrays(state["global"]), to_arrays(state["best"])
-        # a state saved before runs kept FedBN's best-round layers has none
-        best_local = {name: to_arrays(t) for name, t in state.get("best_local", {}).items()}
-        best_round, best_score, start = state["best_round"], state["best_score"], state["round"]
-        history = state["history"]
-        sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+    ledger = Ledger(cfg, rd, get_weights(make_model(cfg)))
+    if resume and rd.state.is_file():
+        clients = ledger.restore()["clients"]
         for c in fed.trainers + fed.sites:
-            c.load_state_dict(state["clients"][c.name])
-    rd.log_start(environment(device), start + 1)
+            c.load_state_dict(clients[c.name])
+    rd.log_start(environment(device), ledger.done + 1)
 
     local_keys, domain_keys = fed.trainers[0].local_keys, fed.trainers[0].domain_keys
-    rounds = tqdm(range(start, cfg.fed.rounds), desc=cfg.name, disable=not progress, initial=start,
+    rounds = tqdm(range(ledger.done, cfg.fed.rounds), desc=cfg.name, disable=not progress, initial=ledger.done,
                   total=cfg.fed.rounds)
     for r in rounds:
         t0 = time.perf_counter()
-        chosen = sample_clients(fed.trainers, cfg.fed.fraction, sampler)
+        chosen = sample_clients(fed.trainers, cfg.fed.fraction, ledger.sampler)
         row: dict = {"round": r + 1}
         results, domains = [], []
         for c in chosen:
             try:
-                res = c.fit(weights, r, progress=progress)
+                res = c.fit(ledger.weights, r, progress=progress)
             except TrainingDiverged as err:
-                kept = f"after round {history[-1]['round']}" if history else "none yet"
-                raise TrainingDiverged(f"{err}; last good checkpoint: {rd.state} ({kept})") from None
+                raise TrainingDiverged(f"{err}; last good checkpoint: {ledger.last_checkpoint()}") from None
             results.append((res.weights, res.num_samples if cfg.fed.weighting == "samples" else 1))
             domains.append(res.metrics.get("domain"))
             row.update({f"train/{c.name}/{k}": v for k, v in res.metrics.items()})
         if domain_keys:
-            weights = fedavg_dsbn(results, weights, domains, domain_keys)
+            weights = fedavg_dsbn(results, ledger.weights, domains, domain_keys)
         else:
-            weights = fedavg(results, weights, local_keys)
+            weights = fedavg(results, ledger.weights, local_keys)
         row.update(validate_sites(fed.sites, weights, cfg.eval.hd95_every_round))
-        score = row.get("val/score", float(r))  # no validation cases: keep the last round
-        if score > best_score:
-            best, best_round, best_score, best_local = weights, r, score, local_states(fed.sites)
-        row.update({"best_round": best_round + 1, "time_s": time.perf_counter() - t0})
-        history.append(row)
+        ledger.end_round(weights, row, fed.sites, t0, {c.name: c.state_dict() for c in fed.trainers + fed.sites})
         _log(rounds, row, cfg, fed)
-        if cfg.eval.keep_round_checkpoints:
-            rd.save_round(r, weights)
-        rd.write_history(history)
-        rd.save_state({
-            "round": r + 1, "global": to_tensors(weights), "best": to_tensors(best), "best_round": best_round,
-            "best_score": best_score, "history": history, "sampler": sampler.get_state(),
-            "torch_rng": torch.get_rng_state(), "best_local": {n: to_tensors(w) for n, w in best_local.items()},
-            "clients": {c.name: c.state_dict() for c in fed.trainers + fed.sites},
-        })
 
-    save_best(rd, fed.sites, best, best_local)
-    test = evaluate_tests(cfg, fed, best, device)
-    from fedgin.fl.plots import write_plots
-    from fedgin.fl.report import run_table
-
-    atomic_write(rd.table, run_table(test, cfg.data.organs, title=f"{cfg.name}: best round {best_round + 1}"))
-    write_plots(rd, cfg, history, test, fed, best, device)
-    atomic_write(rd.test, json.dumps({"best_round": best_round + 1, "test": test}, indent=1))
-    return RunResult(rd.path, test, best_round + 1, history)
+    test = ledger.finish(fed.sites, fed.tests, device)
+    return RunResult(rd.path, test, ledger.best_round + 1, ledger.history)
 
 
 def _finished(rd: RunDir) -> RunResult:
     done = json.loads(rd.test.read_text())
     history = [json.loads(line) for line in rd.metrics_jsonl.read_text().splitlines()]
     return RunResult(rd.path, done["test"], done["best_round"], history)
-
-
-def local_states(sites) -> dict[str, Weights]:
-    """Each site's own normalization layers now (FedBN; empty otherwise), a copy."""
-    return {s.name: dict(s.local_state) for s in sites if s.local_state}
-
-
-def save_best(rd: RunDir, sites, best: Weights, best_local: dict[str, Weights]) -> None:
-    """``best_model.pt``; under FedBN also each site's model of the best round, shared weights and its own
-    normalization layers (``best_model_<site>.pt``), which the sites take back for the test evaluation."""
-    rd.save_weights(rd.best, best)
-    for s in sites:
-        s.local_state = best_local.get(s.name, {})
-        if s.local_state:
-            rd.save_weights(rd.site_best(s.name), {**best, **s.local_state})
 
 
 def sample_clients(trainers: list[Client], fraction: float, gen: torch.Generator) -> list[Client]:
@@ -190,22 +142,6 @@ def validate_sites(sites: list[Client], weights: Weights, hd95: bool) -> dict[st
     if scores:
         row["val/score"] = float(np.nanmean(scores))
     return row
-
-
-def model_for(cfg: RunConfig, fed: Federation, weights: Weights, modality: str, device: torch.device):
-    """The global model for a modality: under FedBN with the normalization state of a site of that modality,
-    under DSBN with that modality's normalization selected."""
-    model = model_for_modality(cfg, modality).to(device)
-    local = next((s.local_state for s in fed.sites if s.modality == modality and s.local_state), {})
-    set_weights(model, {**weights, **local})
-    return model
-
-
-def evaluate_tests(cfg: RunConfig, fed: Federation, weights: Weights, device: torch.device) -> dict:
-    d, prepare = cfg.data, recipe(cfg).eval_input
-    return {name: evaluate_cases(model_for(cfg, fed, weights, mod, device), cases, d.organs, d.channels, d.dims,
-                                 prepare=prepare)
-            for name, (mod, cases) in fed.tests.items()}
 
 
 def _log(bar, row: dict, cfg: RunConfig, fed: Federation) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import matplotlib
 
@@ -21,11 +22,11 @@ def _save(fig, path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, device) -> None:
-    from fedgin.fl.engine import model_for
-
+def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, tests: dict, model_of: Callable) -> None:
+    """Validation Dice per round, test Dice per organ, and overlays of the first test cases (``tests``: name ->
+    (modality, cases); ``model_of(modality)``: the model to predict them with)."""
     organs = cfg.data.organs
-    mods = list(dict.fromkeys(s.modality for s in fed.sites))
+    mods = list(dict.fromkeys(s.modality for s in cfg.data.sites))
     fig, ax = plt.subplots(figsize=(6, 4))
     for mod in mods:
         ys = [row.get(f"val/{mod}/dice/mean", np.nan) for row in history]
@@ -48,9 +49,9 @@ def write_plots(rd: RunDir, cfg, history: list[dict], test: dict, fed, weights, 
     if n < 1:
         return
     prepare = recipe(cfg).eval_input
-    fig, axes = plt.subplots(len(fed.tests), n, figsize=(3 * n, 3 * len(fed.tests)), squeeze=False)
-    for row, (name, (mod, cases)) in enumerate(fed.tests.items()):
-        model = model_for(cfg, fed, weights, mod, device)
+    fig, axes = plt.subplots(len(tests), n, figsize=(3 * n, 3 * len(tests)), squeeze=False)
+    for row, (name, (mod, cases)) in enumerate(tests.items()):
+        model = model_of(mod)
         for col in range(n):
             ax = axes[row][col]
             ax.axis("off")

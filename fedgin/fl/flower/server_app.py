@@ -21,18 +21,10 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 
 from fedgin.augment import dsbn_state_keys
 from fedgin.config import RunConfig, dump
-from fedgin.environment import environment
+from fedgin.environment import environment, resolve_device
 from fedgin.fl.aggregate import Weights, fedavg, fedavg_dsbn
 from fedgin.fl.client import EvalResult, get_weights
-from fedgin.fl.engine import (
-    Federation,
-    evaluate_tests,
-    local_states,
-    resolve_device,
-    sample_clients,
-    save_best,
-    validate_sites,
-)
+from fedgin.fl.engine import sample_clients, validate_sites
 from fedgin.fl.flower.records import (
     OUT_KEY,
     RESUME_KEY,
@@ -46,8 +38,7 @@ from fedgin.fl.flower.records import (
 )
 from fedgin.fl.flower.secagg import secure_round
 from fedgin.fl.flower.sites import SiteNode
-from fedgin.fl.plots import write_plots
-from fedgin.fl.report import run_table
+from fedgin.fl.ledger import Ledger
 from fedgin.fl.rundir import RunDir, atomic_write, to_arrays, to_tensors
 from fedgin.train.data import load_source
 from fedgin.train.model import make_model
@@ -61,33 +52,32 @@ class RoundFailed(RuntimeError):
 
 
 class ServerRun:
-    """One run's server side: sampling, aggregation, validation rows, best model and the run directory."""
+    """One run's server side: sampling, aggregation, validation rows, and its :class:`~fedgin.fl.ledger.Ledger`
+    (best round, state, finish) as the built-in engine keeps it."""
 
     def __init__(self, cfg: RunConfig, rd: RunDir, sites: list[SiteNode], weights: Weights) -> None:
-        self.cfg, self.rd, self.sites, self.weights = cfg, rd, sites, weights
+        self.cfg, self.rd, self.sites = cfg, rd, sites
+        self.ledger = Ledger(cfg, rd, weights)
         self.token = run_token(rd.path, cfg)  # names the sites' saved state of this run
         self.done = 0  # rounds finished before this Flower run (a resumed run)
-        self.sampler = torch.Generator().manual_seed(cfg.seed)  # as the built-in engine's
         self.dropped: dict[str, str] = {}  # site -> why it left the run
-        self.history: list[dict] = []
-        self.best, self.best_round, self.best_score = weights, -1, -math.inf
-        self.best_local: dict[str, Weights] = {}  # FedBN: each site's normalization layers of the best round
         self.sent: list[SiteNode] = []
         self.row: dict = {}
         self.t0 = time.perf_counter()
         # DSBN: the domain-specific entries, averaged only among the sites of one modality
         self.domain_keys = dsbn_state_keys(make_model(cfg)) if cfg.fed.norm == "dsbn" else {}
 
-    def restore(self, state: dict) -> None:
+    @property
+    def weights(self) -> Weights:
+        return self.ledger.weights
+
+    def restore(self) -> None:
         """Continue from the state an interrupted run saved after its last finished round."""
-        self.done, self.history = state["round"], state["history"]
-        self.weights, self.best = to_arrays(state["global"]), to_arrays(state["best"])
-        self.best_round, self.best_score = state["best_round"], state["best_score"]
-        # a state saved before runs kept FedBN's best-round layers has none
-        self.best_local = {name: to_arrays(t) for name, t in state.get("best_local", {}).items()}
-        self.sampler.set_state(state["sampler"])
-        for site in self.sites:
-            site.local_state = to_arrays(state["local_states"].get(site.name, {}))
+        state = self.ledger.restore()
+        self.done = self.ledger.done
+        clients = state.get("clients") or {n: {"local_state": t} for n, t in state["local_states"].items()}  # or
+        for site in self.sites:  # a state saved before 2026-12-05
+            site.local_state = to_arrays(clients.get(site.name, {}).get("local_state", {}))
         if state["sites_left"]:
             log.info("resuming after round %d; sites that had left the run may take part again: %s", self.done,
                      state["sites_left"])
@@ -105,8 +95,8 @@ class ServerRun:
         """The node ids to train this round (the built-in engine's sampling over the sites still in the run)."""
         self.t0 = time.perf_counter()
         self.row = {"round": server_round + self.done}
-        self.weights = to_weights(arrays)
-        self.sent = sample_clients(self.active(), self.cfg.fed.fraction, self.sampler) if self.active() else []
+        self.ledger.weights = to_weights(arrays)
+        self.sent = sample_clients(self.active(), self.cfg.fed.fraction, self.ledger.sampler) if self.active() else []
         return [s.node_id for s in self.sent]
 
     def _replies(self, sent: list[SiteNode], replies: Iterable[Message], what: str):
@@ -132,10 +122,9 @@ class ServerRun:
         ok, failed = self._replies(self.sent, replies, "training")
         need = max(1, self.cfg.flower.min_fit_clients or len(self.sent))
         if len(ok) < need:
-            kept = f"after round {self.history[-1]['round']}" if self.history else "none yet"
             raise RoundFailed(f"round {r}: {len(ok)} of {len(self.sent)} sites replied, {need} needed "
-                              f"(flower.min_fit_clients); {'; '.join(failed)}. Last checkpoint: {self.rd.state} "
-                              f"({kept})")
+                              f"(flower.min_fit_clients); {'; '.join(failed)}. Last checkpoint: "
+                              f"{self.ledger.last_checkpoint()}")
         local_keys = {k for _, c in ok for k in str(c["fedgin"]["local-keys"]).split()}
         results, domains, train = [], [], {}
         for site, content in ok:
@@ -172,36 +161,16 @@ class ServerRun:
         """After a round's validation (Flower's ``evaluate_fn``): best round, checkpoints, metrics."""
         if server_round == 0:
             return None
-        weights = self.weights = to_weights(arrays)
-        r = server_round + self.done - 1
-        score = self.row.get("val/score", float(r))
-        if score > self.best_score:
-            self.best, self.best_round, self.best_score = weights, r, score
-            self.best_local = local_states(self.sites)
-        self.row.update({"best_round": self.best_round + 1, "time_s": time.perf_counter() - self.t0})
-        self.history.append(self.row)
-        if self.cfg.eval.keep_round_checkpoints:
-            self.rd.save_round(r, weights)
-        self.rd.write_history(self.history)
-        self.rd.save_state({"round": r + 1, "global": to_tensors(weights), "best": to_tensors(self.best),
-                            "best_round": self.best_round, "best_score": self.best_score, "history": self.history,
-                            "sampler": self.sampler.get_state(), "sites_left": dict(self.dropped),
-                            "local_states": {s.name: to_tensors(s.local_state) for s in self.sites},
-                            "best_local": {n: to_tensors(w) for n, w in self.best_local.items()}})
-        log.info("round %d/%d: val score %.3f (best round %d)", r + 1, self.cfg.fed.rounds,
-                 score if "val/score" in self.row else math.nan, self.best_round + 1)
-        return MetricRecord({"best_round": self.best_round + 1})
+        ledger = self.ledger
+        ledger.end_round(to_weights(arrays), self.row, self.sites, self.t0,
+                         {s.name: {"local_state": to_tensors(s.local_state)} for s in self.sites}, self.dropped)
+        log.info("round %d/%d: val score %.3f (best round %d)", ledger.done, self.cfg.fed.rounds,
+                 self.row.get("val/score", math.nan), ledger.best_round + 1)
+        return MetricRecord({"best_round": ledger.best_round + 1})
 
     def finish(self, tests: dict, device: torch.device) -> dict:
         """The best model on the held-out test sets: best_model.pt, table.md, plots, test_metrics.json."""
-        cfg, rd = self.cfg, self.rd
-        save_best(rd, self.sites, self.best, self.best_local)
-        fed = Federation(self.sites, [], tests)
-        test = evaluate_tests(cfg, fed, self.best, device)
-        atomic_write(rd.table, run_table(test, cfg.data.organs, title=f"{cfg.name}: best round {self.best_round + 1}"))
-        write_plots(rd, cfg, self.history, test, fed, self.best, device)
-        atomic_write(rd.test, json.dumps({"best_round": self.best_round + 1, "test": test}, indent=1))
-        return test
+        return self.ledger.finish(self.sites, tests, device)
 
 
 class FedGIN(FedAvg):
@@ -313,7 +282,7 @@ def run_on_grid(grid: Grid, cfg: RunConfig, out: str | Path, resume: bool = Fals
     weights = get_weights(make_model(cfg))
     run = ServerRun(cfg, rd, sites, weights)
     if resume and rd.state.is_file():
-        run.restore(rd.load_state())
+        run.restore()
     rd.log_start(environment(device), run.done + 1)
     if run.done < cfg.fed.rounds:
         make_strategy(cfg, run).start(grid, to_record(run.weights), cfg.fed.rounds - run.done,
