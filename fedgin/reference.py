@@ -10,7 +10,7 @@ from fedgin.params import GINParams
 
 @torch.no_grad()
 def reference_apply(x: Tensor, params: GINParams) -> Tensor:
-    """GIN of ``x`` [B, C, *S] with ``params``, exactly as ../shared/gin-spec.md states.
+    """GIN of ``x`` [B, C, *S] with ``params``, exactly as ``docs/gin.md`` states.
 
     Math runs in float32 (float64 for float64 input); the output has the input's dtype.
     Inputs are assumed checked (see :func:`fedgin.gin.gin_apply`).
