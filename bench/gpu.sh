@@ -25,7 +25,7 @@
 # most GPU_SH_HOSTPATH_S, default 120 s; host: python -m bench.host_cost into bench.log, at most GPU_SH_HOST_S,
 # default 90 s; add ncu for Nsight Compute's sections and warp stall reasons on the headline stream
 # kernels of GPU_SH_NCU_DIMS (default "2d 3d"), GPU_SH_NCU_S each, default 90 s, into bench.log (the second run had
-# it, without the stall reasons); add ablate for bench.ablate, the time each class of the plane loop's instructions
+# it, without the stall reasons); add ablate for tools.kernel_lab.ablate, the time each class of the plane loop's instructions
 # costs, at most GPU_SH_ABLATE_S, default 150 s, into bench.log), GPU_SH_TESTS_K (a pytest -k expression that picks
 # GPU tests), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 120 s: the fourth run's
 # 150 s reached 50, and the sweep checks its plans against float64 too), GPU_SH_TEST_WORKERS (pytest-xdist workers,
@@ -148,11 +148,11 @@ if [[ $STEPS =~ (^| )host( |$) ]]; then  # the host time of an explicit draw's c
   echo "== host_cost rc $?" >>"$OUT/bench.log"
 fi
 if [[ $STEPS == *ncu* ]]; then
-  # Nsight Compute on the headline stream kernels, the default plan and a candidate (bench.ncu_target): each second
+  # Nsight Compute on the headline stream kernels, the default plan and a candidate (tools.kernel_lab.ncu_target): each second
   # call's launches (--profile-from-start off), with the warp stall reasons per issued instruction (NOTES, v1.15)
   NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
   for dims in ${GPU_SH_NCU_DIMS:-2d 3d}; do
-    echo "== ncu: bench.ncu_target $dims" >>"$OUT/bench.log"
+    echo "== ncu: tools.kernel_lab.ncu_target $dims" >>"$OUT/bench.log"
     if [[ -z "$NCU" ]]; then
       echo "ncu: not found" >>"$OUT/bench.log"
       continue
@@ -162,7 +162,7 @@ if [[ $STEPS == *ncu* ]]; then
       timeout "${GPU_SH_NCU_S:-90}" "$NCU" --clock-control none --profile-from-start off \
         -k regex:gin_stream_kernel --launch-count 4 --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats --section InstructionStats \
-        --section MemoryWorkloadAnalysis "${STALLS[@]}" "$PY" -m bench.ncu_target "$dims" >>"$OUT/bench.log" 2>&1
+        --section MemoryWorkloadAnalysis "${STALLS[@]}" "$PY" -m tools.kernel_lab.ncu_target "$dims" >>"$OUT/bench.log" 2>&1
       NCU_RC=$?
       echo "== ncu rc $NCU_RC ($attempt)" >>"$OUT/bench.log"
       ((NCU_RC == 0 || NCU_RC == 124)) && break
@@ -171,8 +171,8 @@ if [[ $STEPS == *ncu* ]]; then
   done
 fi
 if [[ $STEPS == *ablate* ]]; then  # what the loop's barriers, weight ULDCs, loads and stores cost (NOTES, v1.15)
-  echo "== python -m bench.ablate" >>"$OUT/bench.log"
-  timeout "${GPU_SH_ABLATE_S:-150}" "$PY" -m bench.ablate >>"$OUT/bench.log" 2>&1
+  echo "== python -m tools.kernel_lab.ablate" >>"$OUT/bench.log"
+  timeout "${GPU_SH_ABLATE_S:-150}" "$PY" -m tools.kernel_lab.ablate >>"$OUT/bench.log" 2>&1
   echo "== ablate rc $?" >>"$OUT/bench.log"
 fi
 BENCH_RC=0

@@ -1,5 +1,6 @@
-"""Test setup: Triton kernels run through the interpreter on machines without a GPU (set before any import); the
-fixture that interrupts an experiment at a named arm."""
+"""Test setup: Triton kernels run through the interpreter on machines without a GPU (set before any import), and
+pytest-benchmark's timings become a smoke check (each benchmark once, as ``--benchmark-disable``; ``--benchmark-enable``
+still forces them); the fixture that interrupts an experiment at a named arm."""
 import contextlib
 import os
 from pathlib import Path
@@ -9,6 +10,12 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if not torch.cuda.is_available() and hasattr(config.option, "benchmark_disable"):
+        config.option.benchmark_disable = True
 
 
 @pytest.fixture

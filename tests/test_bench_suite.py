@@ -136,27 +136,6 @@ def test_light_gin_rows_run_on_every_case_before_the_others(monkeypatch):
     assert all(r["status"] == "ok" and r["speedup"] > 0 for r in rows)
 
 
-def test_ncu_target_names_its_cases_and_needs_a_gpu(capsys):
-    from fedgin.bench import ncu_target
-
-    assert ncu_target.main([]) == 2 and ncu_target.main(["4d"]) == 2
-    assert "usage: python -m bench.ncu_target 2d|3d" in capsys.readouterr().err
-    if not torch.cuda.is_available():
-        assert ncu_target.main(["2d"]) == 1 and "needs a CUDA device" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("dims,case", [("2d", Case(1, 3, (21, 19))),
-                                       ("3d", Case(1, 2, (5, 9, 11), kernel_sizes=(3, 3)))])
-def test_ncu_target_runs_the_default_and_the_candidate_plan_to_the_same_gin(dims, case):
-    """The profiled pair is the same GIN (here through the interpreter, on stand-ins of the headline cases)."""
-    from fedgin.bench import ncu_target
-
-    assert set(ncu_target.CANDIDATES) == set(ncu_target.CASES)
-    default, cand = ncu_target.run_plans(case, ({}, ncu_target.CANDIDATES[dims]), torch.device("cpu"))
-    assert torch.isfinite(cand).all()
-    torch.testing.assert_close(cand, default, rtol=1e-5, atol=1e-5)
-
-
 def test_host_cost_times_the_draw_and_the_call_of_each_implementation(capsys):
     """The host-cost probe (bench/gpu.sh's ``host`` step) on the CPU: a row per implementation with positive
     times, the drained call no cheaper than the draw, and the profiler's table of host ops."""

@@ -19,7 +19,7 @@ from fedgin.fl.flower.certs import write_server_certificates  # noqa: E402
 from fedgin.fl.flower.launcher import LocalFederation, run_local  # noqa: E402
 from fedgin.fl.flower.reach import check_superlink  # noqa: E402
 
-pytestmark = pytest.mark.flower
+pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
 TINY = [
     "data.size=32", "data.depth=8", "model.channels=[4, 8]", "model.strides=[2]", "train.batch_size=8",

@@ -414,6 +414,7 @@ def test_the_sm90_check_compiles_each_distinct_kernel_once():
     assert volume + "'shared_network': False}" in shared
 
 
+@pytest.mark.slow
 def test_every_specialization_compiles_for_sm90():
     """The interpreter accepts code the GPU compiler rejects: compile each specialization for sm_90."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -19,10 +19,11 @@ def test_readme_example_runs(index):
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {})
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_then_the_slow_tier():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
-    command = "bash scripts/setup.sh && .venv/bin/python -m pytest -q"
+    command = 'bash scripts/setup.sh && .venv/bin/python -m pytest -q -m "not slow"'
     assert command in README and command in ci
+    assert ci.index(command) < ci.index(".venv/bin/python -m pytest -q -m slow")
 
 
 def _cells(line: str) -> list[str]:

@@ -7,9 +7,9 @@ import triton
 import triton.language as tl
 
 import fedgin
-from bench.host_path import STANDIN, DeviceTensor
 from fedgin import GIN, GINParams, draw, gin, gin_views, make_config, reference_apply
 from fedgin.augment.gin_ipa import GINIPA, GINAugmentation
+from fedgin.bench.host_path import STANDIN, DeviceTensor
 from fedgin.kernels import launch
 from fedgin.kernels.gin import _splitmix64
 from fedgin.transforms import RandGIN

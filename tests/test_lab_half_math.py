@@ -1,8 +1,12 @@
-"""The half-precision arithmetic emulation (``python -m bench.half_math``) computes GIN, and shows what it claims."""
+"""The half-precision arithmetic emulation (``python -m tools.kernel_lab.half_math``) computes GIN, and shows what it
+claims."""
+import pytest
 import torch
 
 from fedgin import GINParams, reference_apply
-from fedgin.bench.half_math import errors, half_math_gin, main
+from tools.kernel_lab.half_math import errors, half_math_gin, main
+
+pytestmark = pytest.mark.slow
 
 
 def _case(seed=0, interm=2, layers=4):

@@ -1,17 +1,16 @@
 """pytest-benchmark over the suite's registry: the ``quick`` preset's cases on a CPU (a smoke check, run once
 each), the ``paper`` preset's on a GPU. Every output is checked against the float64 reference.
 
-    python -m pytest bench -q --benchmark-json=bench.json     # medians in the JSON (GPU)
+    python -m pytest tests/test_gin_bench.py -q --benchmark-json=bench.json     # medians in the JSON (GPU)
 """
 import pytest
 import torch
 
 from fedgin import reference_apply
-
-from .cases import draw_params, get_preset, image_like
-from .registry import IMPLEMENTATIONS, skip_reason
-from .suite import TOLERANCE, relative_error
-from .timing import exact_fp32, sync
+from fedgin.bench.cases import draw_params, get_preset, image_like
+from fedgin.bench.registry import IMPLEMENTATIONS, skip_reason
+from fedgin.bench.suite import TOLERANCE, relative_error
+from fedgin.bench.timing import exact_fp32, sync
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PRESET = get_preset("paper" if DEVICE.type == "cuda" else "quick")

@@ -6,11 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from fedgin.bench import sass
 from fedgin.kernels import make_plan
+from tools.kernel_lab import sass
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SASS = ("MOV R1, c[0x0][0x28]", "FFMA R2, R3, R4, R2", "@P0 BRA 0x10", "BRA 0x90", "LDG.E R5, desc[UR4][R2.64]",
         "FFMA R2, R3, R4, R2", "SHFL.IDX PT, R85, R92, R52, 0x1f", "ISETP.GE.AND P1, PT, R0, 0x3, PT",
@@ -53,7 +58,7 @@ def test_model_charges_the_busiest_pipe_and_each_wave():
 COMPILE = """
 import dataclasses
 import json
-from fedgin.bench import sass
+from tools.kernel_lab import sass
 from fedgin.bench.cases import Case
 from fedgin.kernels import aot, make_plan
 case = Case(2, 3, (70, 20))
@@ -71,7 +76,8 @@ print(json.dumps(rows))
 def _compile(script: str) -> list[dict]:
     """The JSON rows ``script`` prints, run in a subprocess that compiles for sm_90 (no TRITON_INTERPRET)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=ROOT)  # tools.kernel_lab: from the checkout
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads(res.stdout.splitlines()[-1])
 
@@ -93,9 +99,10 @@ def test_plane_loop_of_a_compiled_stream_kernel():
 
 LAYOUTS = """
 import json
-from fedgin.bench import sass
+from tools.kernel_lab import sass
 from fedgin.bench.cases import Case
 from fedgin.kernels import aot, make_plan
+
 case = Case(2, 3, (26, 128, 128))
 rows = []
 for scalar, skew in ((False, False), (True, False), (True, True)):

@@ -1,19 +1,17 @@
 """What each class of the stream kernel's plane-loop instructions costs, measured on a GPU by taking it out.
 
-``python -m bench.ablate [--case N ...]``: for each case of :data:`CASES`, GIN runs once with the plan (compiling its
-stream kernel); then, for each class of :data:`CLASSES`, every instruction of that class in the plane loop (the
-largest loop of the SASS) is overwritten with a ``NOP`` in the kernel's cubin, which keeps the instruction's stall
-count and scoreboard waits and sets no scoreboard, and the call is timed from a CUDA graph against the unpatched
+``python -m tools.kernel_lab.ablate [--case N ...]``: for each case of :data:`CASES`, GIN runs once with the plan
+(compiling its stream kernel); then, for each class of :data:`CLASSES`, every instruction of that class in the plane
+loop (the largest loop of the SASS) is overwritten with a ``NOP`` in the kernel's cubin, which keeps the instruction's
+stall count and scoreboard waits and sets no scoreboard, and the call is timed from a CUDA graph against the unpatched
 kernel's time in the same run. The outputs are garbage (registers keep stale values, the scratch races without its
-barriers), the control flow and every address are not: an instruction is only removed where every value it
-writes feeds floating-point math alone (``FFMA``, ``FADD``, ``FMUL``, ``FSEL``, ``FMNMX``) until it is written
-again, on every path through the loop and out of it, so no address, bound or predicate reads a garbage value.
-The time a class saves is what it costs the kernel, measured (bench/NOTES.md, v1.15: what the issue model cannot
-separate). Classes: ``bar`` (the barriers), ``uldc`` (kernel arguments into uniform registers: the weights of a
-``wargs`` plan), ``ldg`` (global loads: the input's, the scratch's, loaded weights), ``stg`` (global stores: the
-scratch's and the output's) and ``all`` of them. Everything else of the call (the scale pass, other launches)
-runs unpatched.
-"""
+barriers), the control flow and every address are not: an instruction is only removed where every value it writes feeds
+floating-point math alone (``FFMA``, ``FADD``, ``FMUL``, ``FSEL``, ``FMNMX``) until it is written again, on every path
+through the loop and out of it, so no address, bound or predicate reads a garbage value. The time a class saves is what
+it costs the kernel, measured (bench/NOTES.md, v1.15: what the issue model cannot separate). Classes: ``bar`` (the
+barriers), ``uldc`` (kernel arguments into uniform registers: the weights of a ``wargs`` plan), ``ldg`` (global loads:
+the input's, the scratch's, loaded weights), ``stg`` (global stores: the scratch's and the output's) and ``all`` of
+them. Everything else of the call (the scale pass, other launches) runs unpatched. """
 from __future__ import annotations
 
 import argparse
@@ -26,11 +24,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from fedgin.bench import timing
+from fedgin.bench.cases import Case, draw_params, image_like, split_candidate
 from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.gin import gin_stream_kernel
 
-from . import timing
-from .cases import Case, draw_params, image_like, split_candidate
 from .sass import Instr, branches, listing, loop_span
 
 # (case, plan overrides): the headline cases with their default plans (3D 128³: a launch a sample, v1.13; 2D: the
@@ -169,12 +167,12 @@ def ablate_case(case: Case, overrides: dict, settings: timing.TimingSettings, se
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ablate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.kernel_lab.ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", type=int, action="append", help=f"index into CASES (0-{len(CASES) - 1}; "
                         "default: all; a plan already compiled in this process cannot be ablated)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench.ablate needs a CUDA device", file=sys.stderr)
+        print("tools.kernel_lab.ablate needs a CUDA device", file=sys.stderr)
         return 1
     settings = timing.TimingSettings()
     print("| case | removed from the plane loop | instructions | graph ms | time saved |\n|---|---|---:|---:|---:|")

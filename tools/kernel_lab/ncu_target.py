@@ -1,20 +1,18 @@
 """The headline stream kernels, for Nsight Compute (``bench/gpu.sh``'s ``ncu`` step).
 
-``python -m bench.ncu_target 2d|3d`` runs GIN on 2D 64x3x256² or 3D 2x3x128³ (fp32, 4 layers 3x3, a draw a sample)
-twice with the default plan, then twice with the candidate (:data:`CANDIDATES`: two planes a step in 2D, one
-barrier a step and no idle work in 3D; bench/NOTES.md, v1.14 and v1.15). The first call of each compiles; the
-second runs between ``cudaProfilerStart`` and ``cudaProfilerStop``, so ``ncu --profile-from-start off`` profiles
-exactly the second calls' stream launches, whatever their number (the 3D default launches once a sample).
-"""
+``python -m tools.kernel_lab.ncu_target 2d|3d`` runs GIN on 2D 64x3x256² or 3D 2x3x128³ (fp32, 4 layers 3x3, a draw a
+sample) twice with the default plan, then twice with the candidate (:data:`CANDIDATES`: two planes a step in 2D, one
+barrier a step and no idle work in 3D; bench/NOTES.md, v1.14 and v1.15). The first call of each compiles; the second
+runs between ``cudaProfilerStart`` and ``cudaProfilerStop``, so ``ncu --profile-from-start off`` profiles exactly the
+second calls' stream launches, whatever their number (the 3D default launches once a sample). """
 from __future__ import annotations
 
 import sys
 
 import torch
 
+from fedgin.bench.cases import Case, draw_params, image_like
 from fedgin.kernels import gin_fused, make_plan
-
-from .cases import Case, draw_params, image_like
 
 CASES = {"2d": Case(64, 3, (256, 256)), "3d": Case(2, 3, (128,) * 3)}
 CANDIDATES = {"2d": {"planes": 2}, "3d": {"wargs": True, "skew": True, "scalar_scratch": True, "idle": True}}
@@ -44,10 +42,10 @@ def run_plans(case: Case, candidates: tuple[dict, ...], device: torch.device) ->
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in CASES:
-        print(f"usage: python -m bench.ncu_target {'|'.join(CASES)}", file=sys.stderr)
+        print(f"usage: python -m tools.kernel_lab.ncu_target {'|'.join(CASES)}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
-        print("bench.ncu_target needs a CUDA device", file=sys.stderr)
+        print("tools.kernel_lab.ncu_target needs a CUDA device", file=sys.stderr)
         return 1
     run_plans(CASES[argv[0]], ({}, CANDIDATES[argv[0]]), torch.device("cuda"))
     return 0

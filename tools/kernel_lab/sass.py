@@ -1,7 +1,7 @@
 """A static issue model of the stream kernel, from its SASS (compiled for sm_90 on a machine without a GPU).
 
-``python -m bench.sass [--case N]``: for each plan of the sweep (:data:`bench.sweep.GPU_SWEEP`), compile the stream
-kernel, disassemble the plane loop's body (``cuobjdump``, shipped in Triton's wheel) and count its instructions
+``python -m tools.kernel_lab.sass [--case N]``: for each plan of the sweep (:data:`bench.sweep.GPU_SWEEP`), compile the
+stream kernel, disassemble the plane loop's body (``cuobjdump``, shipped in Triton's wheel) and count its instructions
 per SM pipe. One warp's step costs the SM at least ``max(issue, fp32, alu, mio)`` clocks, where
 
 - issue: every instruction, 4 a clock (four schedulers);
@@ -33,10 +33,9 @@ from pathlib import Path
 import torch
 import triton
 
+from fedgin.bench.cases import Case, split_candidate
 from fedgin.kernels import aot
 from fedgin.kernels.launch import H100_SMS, Plan, make_plan, stream_args, stream_modes
-
-from .cases import Case, split_candidate
 
 CLOCK_GHZ = 1.98  # H100 / H200 SXM boost clock
 REGISTERS_PER_SM = 65536
@@ -299,9 +298,9 @@ def _label(overrides: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .sweep import GPU_SWEEP
+    from fedgin.bench.sweep import GPU_SWEEP
 
-    parser = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.kernel_lab.sass", description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", type=int, action="append", help="sweep case index (default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON object a line instead of a table")
     parser.add_argument("--calibrate", metavar="SWEEP_JSON", help="measured time over the bound, per row of a sweep")

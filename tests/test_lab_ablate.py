@@ -1,21 +1,27 @@
-"""bench.ablate: which plane-loop instructions each class takes out (the dataflow check on made-up SASS and on a
-stream kernel compiled for sm_90 in a subprocess), the patched cubin (NOPs there, the same code elsewhere), and on
-a GPU the patched kernels launched in place of the compiled ones and put back."""
+"""tools.kernel_lab.ablate: which plane-loop instructions each class takes out (the dataflow check on made-up SASS and
+on a stream kernel compiled for sm_90 in a subprocess), the patched cubin (NOPs there, the same code elsewhere), and
+on a GPU the patched kernels launched in place of the compiled ones and put back."""
 import collections
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from fedgin.bench import ablate, sass
-from fedgin.bench.sass import Instr
+from tools.kernel_lab import ablate, sass
+from tools.kernel_lab.sass import Instr
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COMPILE = """
 import sys
 from fedgin.bench.cases import Case
 from fedgin.kernels import aot, make_plan
+
 case = Case(1, 2, (5, 9, 11), kernel_sizes=(3, 3))
 plan = make_plan(case.shape, case.kernel_sizes, case.interm, wargs=True)
 plan, compiled = aot.compiled_stream(case.shape, case.kernel_sizes, case.torch_dtype, case.channels, case.interm, 0,
@@ -30,7 +36,7 @@ def cubin(tmp_path_factory) -> bytes:
     path = tmp_path_factory.mktemp("ablate") / "k.cubin"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", COMPILE, str(path)], env=env, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, cwd=ROOT)  # tools.kernel_lab: from the checkout
     assert res.returncode == 0, res.stderr[-4000:]
     return path.read_bytes()
 

@@ -1,14 +1,13 @@
 """Would packed half-precision math keep GIN within the 1e-2 bound? An emulation on the CPU.
 
-``python -m bench.half_math [--size N] [--seeds K]``. The GIN stack is computed with every multiply-add rounded
-to bfloat16 or float16 (as ``HFMA2``/``HFMA2.BF16`` would: one rounding per fused multiply-add, weights and
-biases rounded too), or with each plane's half-precision partial sum added to a float32 accumulator, the mix
-and renormalization in float64, and compared with the float64 reference on
-CT-like intensities (up to ~500). ``prescaled``: the layer-1 input is divided by its maximum and each layer's
-weights by the square root of its fan-in, biases by the running product; leaky ReLU is positively homogeneous,
-so dividing the stack's output by that product gives the same GIN, with every activation near 1 instead of
-10^2 to 10^5 (float16's largest value is 65504). The findings are in bench/NOTES.md (v1.4).
-"""
+``python -m tools.kernel_lab.half_math [--size N] [--seeds K]``. The GIN stack is computed with every multiply-add
+rounded to bfloat16 or float16 (as ``HFMA2``/``HFMA2.BF16`` would: one rounding per fused multiply-add, weights and
+biases rounded too), or with each plane's half-precision partial sum added to a float32 accumulator, the mix and
+renormalization in float64, and compared with the float64 reference on CT-like intensities (up to ~500). ``prescaled``:
+the layer-1 input is divided by its maximum and each layer's weights by the square root of its fan-in, biases by the
+running product; leaky ReLU is positively homogeneous, so dividing the stack's output by that product gives the same
+GIN, with every activation near 1 instead of 10^2 to 10^5 (float16's largest value is 65504). The findings are in
+bench/NOTES.md (v1.4). """
 from __future__ import annotations
 
 import argparse
@@ -91,7 +90,7 @@ def errors(size: int, seeds: int) -> dict[tuple[str, str], list[float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.half_math", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.kernel_lab.half_math", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=24, help="volume edge (default 24)")
     parser.add_argument("--seeds", type=int, default=6, help="draws per stack (default 6)")
     args = parser.parse_args(argv)
