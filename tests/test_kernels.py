@@ -94,6 +94,7 @@ def test_one_launch_renormalizes_in_the_last_program(monkeypatch, shape, ks, dty
     ((2, 3, 11, 13), (3, 1, 5), 2, F32),  # 2D: weight groups of 6, 2 and 10, padded to 8, 4 and 12
     ((1, 1, 4, 6, 5), (1, 3), 1, BF16),  # 3D: groups of 1 and 3, padded to 4
 ])
+@pytest.mark.interpreter_bits
 def test_weights_four_at_a_time_give_the_same_output(shape, ks, interm, dtype):
     """``wvec=4`` (128-bit weight loads, split into scalars) against one by one: the same bits."""
     params = draw(shape, ks, interm, seed=3)
@@ -109,6 +110,7 @@ def test_weights_four_at_a_time_give_the_same_output(shape, ks, interm, dtype):
     ((1, 1, 3, 6, 5), (3, 3), 2, F16, 8),  # float16: both passes
 ])
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
+@pytest.mark.interpreter_bits
 def test_scratch_shifts_give_the_same_output_as_gathers(shape, ks, interm, dtype, th):
     """3D ``scratch=True`` (later layers' in-plane neighbours stored and read back) against ``tl.gather``; stored a
     float at a time (``scalar_scratch``: an odd guard) the same."""
@@ -128,6 +130,7 @@ def test_scratch_shifts_give_the_same_output_as_gathers(shape, ks, interm, dtype
     ((2, 3, 11, 13), (3, 1, 5), 2, BF16),  # 2D, kernel sizes 1 and 5
     ((1, 1, 3, 6, 5), (3, 3), 2, F16),  # float16: both passes
 ])
+@pytest.mark.interpreter_bits
 def test_weights_as_kernel_arguments_give_the_same_output(monkeypatch, shape, ks, interm, dtype):
     """``wargs``: a launch a sample, its parameter row as kernel arguments, against the same plan reading the rows
     from memory: the same bits."""
@@ -164,6 +167,7 @@ SKEWED = [  # shape, kernel sizes, interm, dtype, plan overrides: 3D plans with 
 
 @pytest.mark.parametrize("shape,ks,interm,dtype,overrides", SKEWED, ids=[f"{c[0]}-{c[3]}" for c in SKEWED])
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
+@pytest.mark.interpreter_bits
 def test_skewed_layers_give_the_same_output(shape, ks, interm, dtype, overrides):
     """``skew``: each later layer takes the plane the layer before it stored in the last step (one barrier a step):
     the same sums in the same order, so the same bits, ``L - 1`` more steps."""
@@ -191,6 +195,7 @@ IDLE = [  # shape, kernel sizes, interm, dtype, plan overrides, each layer's idl
 
 @pytest.mark.parametrize("shape,ks,interm,dtype,overrides,idle", IDLE, ids=[f"{c[0]}-{c[3]}" for c in IDLE])
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
+@pytest.mark.interpreter_bits
 def test_idle_steps_are_skipped_with_the_same_bits(shape, ks, interm, dtype, overrides, idle, monkeypatch):
     """``idle``: each later layer skips the chunk's leading steps whose work reaches no plane the output needs, and
     the output keeps its bits; those are all of them, for one step more in any layer changes the output."""
@@ -229,6 +234,7 @@ def test_several_planes_a_step_match_the_reference(shape, ks, interm, dtype, ove
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 9, 13), (2, 1, 3, 6, 5)])
+@pytest.mark.interpreter_bits
 def test_weights_as_kernel_arguments_one_launch_for_a_shared_network(monkeypatch, shape):
     """A draw with one network for the batch (``per_sample=False``, the FedGIN authors'): one ``wargs`` launch for
     all samples, each with its own alpha."""
@@ -244,6 +250,7 @@ def test_weights_as_kernel_arguments_one_launch_for_a_shared_network(monkeypatch
     assert rel_error(args, x, params) <= TOL[F32] and len(set(params.alphas.tolist())) == shape[0]
 
 
+@pytest.mark.interpreter_bits
 def test_default_plan_passes_a_shared_networks_weights_as_arguments():
     """v1.9's default (third H200 run, bench/NOTES.md): a batch sharing one network in float32 or bfloat16 takes one
     ``wargs`` launch, 3D chunks planned for the batch; a draw a sample, float16, a row too large for arguments or a

@@ -46,6 +46,7 @@ def test_views_match_float64_in_the_fewest_launches(monkeypatch, shape, kernel_s
         assert float((got.double() - want).norm() / want.norm()) <= TOL[dtype]
 
 
+@pytest.mark.interpreter_bits
 def test_views_with_weights_as_kernel_arguments(monkeypatch):
     """``wargs``: a stream launch a draw and sample, the same views as the rows read from memory."""
     shape, kernel_sizes = (2, 1, 3, 6, 5), ((3, 3), (3, 3), (1, 3))

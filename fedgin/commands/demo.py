@@ -11,7 +11,7 @@ HELP = "FedAvg vs FedGIN vs centralized GIN on phantom CT/MRI data, ending with 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, default_preset="demo")
-    parser.add_argument("--fast", action="store_true", help="the smaller demo-fast preset (about a minute)")
+    parser.add_argument("--fast", action="store_true", help="the smaller demo-fast preset (~3 min on 2 CPU cores)")
 
 
 def run(args: argparse.Namespace) -> int:
