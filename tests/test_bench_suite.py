@@ -152,6 +152,7 @@ def test_host_cost_times_the_draw_and_the_call_of_each_implementation(capsys):
     assert "queued host time of gin_fused" not in out  # the plans: on a GPU only
 
 
+@pytest.mark.slow
 def test_plan_host_cost_times_each_plan_and_profiles_the_last():
     from fedgin.bench import host_cost
 

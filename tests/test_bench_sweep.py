@@ -26,6 +26,7 @@ def test_gpu_candidates_are_distinct_plans_that_cover_the_case(case, candidates)
         assert_plan_covers(plan, case.size, case.kernel_sizes)
 
 
+@pytest.mark.slow
 def test_a_shared_network_candidate_is_timed_on_a_one_network_draw(monkeypatch):
     """``"shared_network": true`` beside the plan keywords: the row's draw has one network for the batch."""
     seen = []
@@ -65,6 +66,7 @@ def test_lanes_a_thread_follow_the_register_pressure():
     assert (heavy3d.num_warps, heavy3d.maxnreg) == (16, 128)
 
 
+@pytest.mark.slow
 def test_sweep_checks_then_times_and_reports_refused_plans(tmp_path):
     report = sweep.run_sweep(sweep.CPU_SWEEP[:1], CPU, tmp_path)
     rows = report["rows"]
@@ -94,6 +96,7 @@ def test_budget_skips_the_remaining_cases(tmp_path):
     assert report["rows"] == [] and report["skipped"] == [c.label for c, _ in sweep.CPU_SWEEP]
 
 
+@pytest.mark.slow
 def test_command_line_writes_the_report_and_fails_on_a_wrong_plan(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "CPU_SWEEP", ((Case(1, 1, (9, 7), kernel_sizes=(1, 3)), ({}, {"tw": 16})),))
     assert sweep.main(["--out", str(tmp_path)]) == 0

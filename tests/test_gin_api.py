@@ -57,6 +57,7 @@ def test_make_config_takes_one_kernel_size():
     assert make_config(kernel_sizes=[1, 5]).kernel_sizes == (1, 5)
 
 
+@pytest.mark.slow
 def test_backends_agree_on_a_seed():
     """The same seed gives the same output on every backend (Triton through its interpreter on the CPU)."""
     x = image((2, 3, 9, 11), seed=7)

@@ -16,7 +16,8 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PRESET = get_preset("paper" if DEVICE.type == "cuda" else "quick")
 
 
-@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("impl", [pytest.param(name, marks=pytest.mark.slow) if name.startswith("triton") else name
+                                  for name in IMPLEMENTATIONS])  # the kernels: through the interpreter on a CPU
 @pytest.mark.parametrize("case", PRESET.cases, ids=[c.id for c in PRESET.cases])
 def test_gin(benchmark, case, impl):
     entry = IMPLEMENTATIONS[impl]

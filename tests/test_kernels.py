@@ -63,6 +63,7 @@ def test_matches_float64_reference(shape, ks, interm, dtype):
     ((1, 2, 13, 29), Plan(th=2, tw=16, zc=3, n_zt=3, n_pt=1, n_wt=3, bands=True, num_warps=1)),
     ((2, 1, 5, 11, 13), Plan(th=8, tw=8, zc=2, n_zt=3, n_pt=2, n_wt=3, bands=False, num_warps=1)),
 ])
+@pytest.mark.slow
 def test_tile_borders(shape, plan):
     """Small tiles: every tile, band and stream-chunk border is crossed; the result must not show them."""
     params = draw(shape, (3, 3), seed=3)
@@ -79,6 +80,7 @@ ONE_LAUNCH = [  # shape, kernel sizes, dtype, plan (several tiles a sample: the 
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,ks,dtype,plan", ONE_LAUNCH, ids=[f"{c[0]}-{c[2]}" for c in ONE_LAUNCH])
 def test_one_launch_renormalizes_in_the_last_program(monkeypatch, shape, ks, dtype, plan):
     """``Plan.finish``: float32/bfloat16 in one stream launch (no scale pass); float16 keeps its two passes."""
@@ -94,6 +96,7 @@ def test_one_launch_renormalizes_in_the_last_program(monkeypatch, shape, ks, dty
     ((2, 3, 11, 13), (3, 1, 5), 2, F32),  # 2D: weight groups of 6, 2 and 10, padded to 8, 4 and 12
     ((1, 1, 4, 6, 5), (1, 3), 1, BF16),  # 3D: groups of 1 and 3, padded to 4
 ])
+@pytest.mark.slow
 @pytest.mark.interpreter_bits
 def test_weights_four_at_a_time_give_the_same_output(shape, ks, interm, dtype):
     """``wvec=4`` (128-bit weight loads, split into scalars) against one by one: the same bits."""
@@ -109,6 +112,7 @@ def test_weights_four_at_a_time_give_the_same_output(shape, ks, interm, dtype):
     ((2, 1, 4, 9, 7), (1, 5, 3), 3, BF16, 16),  # a 5x5 layer: shifts of 2 rows into the guard
     ((1, 1, 3, 6, 5), (3, 3), 2, F16, 8),  # float16: both passes
 ])
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
 @pytest.mark.interpreter_bits
 def test_scratch_shifts_give_the_same_output_as_gathers(shape, ks, interm, dtype, th):
@@ -130,6 +134,7 @@ def test_scratch_shifts_give_the_same_output_as_gathers(shape, ks, interm, dtype
     ((2, 3, 11, 13), (3, 1, 5), 2, BF16),  # 2D, kernel sizes 1 and 5
     ((1, 1, 3, 6, 5), (3, 3), 2, F16),  # float16: both passes
 ])
+@pytest.mark.slow
 @pytest.mark.interpreter_bits
 def test_weights_as_kernel_arguments_give_the_same_output(monkeypatch, shape, ks, interm, dtype):
     """``wargs``: a launch a sample, its parameter row as kernel arguments, against the same plan reading the rows
@@ -165,6 +170,7 @@ SKEWED = [  # shape, kernel sizes, interm, dtype, plan overrides: 3D plans with 
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,ks,interm,dtype,overrides", SKEWED, ids=[f"{c[0]}-{c[3]}" for c in SKEWED])
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
 @pytest.mark.interpreter_bits
@@ -193,6 +199,7 @@ IDLE = [  # shape, kernel sizes, interm, dtype, plan overrides, each layer's idl
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,ks,interm,dtype,overrides,idle", IDLE, ids=[f"{c[0]}-{c[3]}" for c in IDLE])
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
 @pytest.mark.interpreter_bits
@@ -215,6 +222,7 @@ def test_idle_steps_are_skipped_with_the_same_bits(shape, ks, interm, dtype, ove
     launch._stream_args.cache_clear()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,ks,interm,dtype,overrides,planes", PLANES,
                          ids=[f"{c[0]}-{c[3]}-{c[5]}" for c in PLANES])
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
@@ -233,6 +241,7 @@ def test_several_planes_a_step_match_the_reference(shape, ks, interm, dtype, ove
         make_plan(shape, ks, interm, planes=5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(3, 2, 9, 13), (2, 1, 3, 6, 5)])
 @pytest.mark.interpreter_bits
 def test_weights_as_kernel_arguments_one_launch_for_a_shared_network(monkeypatch, shape):
@@ -250,6 +259,7 @@ def test_weights_as_kernel_arguments_one_launch_for_a_shared_network(monkeypatch
     assert rel_error(args, x, params) <= TOL[F32] and len(set(params.alphas.tolist())) == shape[0]
 
 
+@pytest.mark.slow
 @pytest.mark.interpreter_bits
 def test_default_plan_passes_a_shared_networks_weights_as_arguments():
     """v1.9's default (third H200 run, bench/NOTES.md): a batch sharing one network in float32 or bfloat16 takes one

@@ -31,6 +31,7 @@ def _expected(x, draws, mask):
     return m * g1 + (1 - m) * g2, (1 - m) * g1 + m * g2, g3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,kernel_sizes,dtype,streams", CASES,
                          ids=[f"{c[0]}-{'-'.join(map(str, c[1]))}-{c[2]}" for c in CASES])
 def test_views_match_float64_in_the_fewest_launches(monkeypatch, shape, kernel_sizes, dtype, streams):
@@ -46,6 +47,7 @@ def test_views_match_float64_in_the_fewest_launches(monkeypatch, shape, kernel_s
         assert float((got.double() - want).norm() / want.norm()) <= TOL[dtype]
 
 
+@pytest.mark.slow
 @pytest.mark.interpreter_bits
 def test_views_with_weights_as_kernel_arguments(monkeypatch):
     """``wargs``: a stream launch a draw and sample, the same views as the rows read from memory."""
@@ -62,6 +64,7 @@ def test_views_with_weights_as_kernel_arguments(monkeypatch):
         assert not torch.isnan(got).any() and torch.equal(got, want)
 
 
+@pytest.mark.slow
 def test_gin_ipa_views_triton_backend_matches_reference_backend():
     """Same generator, same draws and mask: the fused path gives the eager path's views."""
     x = image_like((2, 2, 17, 12), F32, seed=3)

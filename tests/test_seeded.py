@@ -79,9 +79,11 @@ def test_a_shared_network_is_sample_zeros_and_views_are_seed_steps():
 
 @pytest.mark.parametrize("shape, config, dtype", [
     ((2, 3, 13, 11), {}, F32),  # the default pool: the views drew different sizes, one launch at the largest
-    ((3, 1, 5, 7, 9), {"kernel_sizes": (1, 3), "per_sample": False}, F32),
-    ((2, 3, 9, 10), {"layer_kernel_sizes": (3, 1, 5, 3), "kernel_sizes": (1, 3, 5)}, BF16),
-    ((2, 2, 7, 12), {"interm_channels": 3, "n_layers": 3}, F16),  # two stream launches, the second reading the rows
+    pytest.param((3, 1, 5, 7, 9), {"kernel_sizes": (1, 3), "per_sample": False}, F32, marks=pytest.mark.slow),
+    pytest.param((2, 3, 9, 10), {"layer_kernel_sizes": (3, 1, 5, 3), "kernel_sizes": (1, 3, 5)}, BF16,
+                 marks=pytest.mark.slow),
+    pytest.param((2, 2, 7, 12), {"interm_channels": 3, "n_layers": 3}, F16,  # two stream launches, the second
+                 marks=pytest.mark.slow),  # reading the rows
 ])
 def test_the_kernel_draws_the_network_the_host_draws(shape, config, dtype):
     """One seed, the same networks: the fused kernel (drawing on the device, through the interpreter) against the
@@ -98,6 +100,7 @@ def test_the_kernel_draws_the_network_the_host_draws(shape, config, dtype):
         assert float((out[v].double() - ref).abs().max() / ref.abs().max()) <= TOL[dtype]
 
 
+@pytest.mark.slow
 def test_a_seed_on_the_device_runs_every_layer_at_the_pools_largest_size():
     """The captured/compiled path: the seed as an int64 tensor, which the host never reads: every layer launches at
     the pool's largest size, and the drawn sizes take effect in the kernel (zero outer taps)."""
