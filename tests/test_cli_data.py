@@ -142,3 +142,28 @@ def test_a_commands_user_warning_prints_as_one_line(monkeypatch):
     assert cli.main(["synth", "unused"]) == 0
     assert shown == ["fedgin synth: warning: training on the first 2 of its 3 cases\n"]
     assert "DeprecationWarning" in warnings.formatwarning("old", DeprecationWarning, "x.py", 1)  # Python's, restored
+
+
+def test_synth_writes_an_nnunet_v2_raw_data_set(tmp_path, capsys):
+    """``--layout nnunet``: DatasetXXX_Name with ``_0000`` channel files, labels by case, nnU-Net v2's dataset.json;
+    the same phantom cases as the MSD layout's."""
+    import json
+
+    raw = tmp_path / "Dataset501_FedginCT"
+    assert cli.main(["synth", str(raw), "--layout", "nnunet", "--cases", "2", "--size", "64", "--seed", "3"]) == 0
+    meta = json.loads((raw / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "CT"} and meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
+    assert meta["labels"]["background"] == 0 and meta["labels"]["liver"] == 1 and len(meta["labels"]) == 7
+    assert sorted(p.name for p in (raw / "imagesTr").iterdir()) == ["case_000_0000.nii.gz", "case_001_0000.nii.gz"]
+    assert sorted(p.name for p in (raw / "labelsTr").iterdir()) == ["case_000.nii.gz", "case_001.nii.gz"]
+    msd = tmp_path / "msd"
+    assert cli.main(["synth", str(msd), "--cases", "2", "--size", "64", "--seed", "3"]) == 0
+    for a, b in (("imagesTr/case_001_0000.nii.gz", "imagesTr/case_001.nii.gz"), ("labelsTr/case_001.nii.gz",) * 2):
+        assert np.array_equal(load_nifti(raw / a)[0], load_nifti(msd / b)[0])
+    t2 = tmp_path / "Dataset502_FedginT2"
+    assert cli.main(["synth", str(t2), "--layout", "nnunet", "--modality", "mri-t2", "--cases", "1", "--size", "64",
+                     "--3d", "--depth", "8"]) == 0
+    assert json.loads((t2 / "dataset.json").read_text())["channel_names"] == {"0": "T2"}
+    assert load_nifti(t2 / "imagesTr" / "case_000_0000.nii.gz")[0].shape == (8, 64, 64)
+    assert cli.main(["synth", str(tmp_path / "phantom"), "--layout", "nnunet", "--cases", "1", "--size", "64"]) == 2
+    assert "named DatasetXXX_Name" in capsys.readouterr().err and not (tmp_path / "phantom").exists()

@@ -55,6 +55,13 @@ def unreadable(path: str | Path, err: Exception) -> ValueError:
     return ValueError(f"{path} is not a readable NIfTI image: {reason}")
 
 
+def nnunet_dataset_json(channel: str, labels: dict[int, str], cases: int, **extra) -> dict:
+    """The dataset.json of an nnU-Net v2 raw data set of one channel named ``channel`` (``"CT"`` takes nnU-Net's CT
+    normalization, any other name its z-score) with ``cases`` training cases in NIfTI."""
+    return {"channel_names": {"0": channel}, "labels": {v: k for k, v in sorted(labels.items())},
+            "numTraining": cases, "file_ending": ".nii.gz", **extra}
+
+
 def msd_dataset_json(name: str, modality: str, labels: dict[int, str], files: list[str], **extra) -> dict:
     """The dataset.json of an MSD data set whose images and labels share the file names ``files``.
 

@@ -14,6 +14,7 @@ each modality comes from its own stream.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fedgin.data.intensity import MODALITIES, TISSUE_IDS, check_modality, render, smooth_field
-from fedgin.data.msd import IMAGES_DIR, LABELS_DIR, msd_dataset_json, save_nifti
+from fedgin.data.msd import IMAGES_DIR, LABELS_DIR, msd_dataset_json, nnunet_dataset_json, save_nifti
 
 LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "right_kidney", 4: "left_kidney", 5: "pancreas",
           6: "gallbladder"}
@@ -233,15 +234,28 @@ def case_seeds(seed: int, cases: int) -> list[int]:
     return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(cases)]
 
 
-def write_dataset(out_dir: str | Path, modality: str, cases: int, size: int = 192, depth: int | None = None,
-                  seed: int = 0, overwrite: bool = False, progress: bool = False) -> Path:
-    """Write ``cases`` phantom cases as an MSD data set (imagesTr/, labelsTr/, dataset.json); returns its path.
+LAYOUTS = ("msd", "nnunet")
+NNUNET_NAME = re.compile(r"Dataset\d{3}_[A-Za-z0-9_-]+")
+_CHANNELS = {"ct": "CT", "mri-t1": "T1", "mri-t2": "T2"}  # nnU-Net normalizes a channel named CT as CT, others z-score
 
-    The whole directory is built next to ``out_dir`` and renamed into place, so it is complete or absent.
-    An existing non-empty ``out_dir`` is an error unless ``overwrite`` is set and it holds a dataset.json.
-    Images are float32, labels uint8; a 2D case is a 2D NIfTI that reads back as the same ``[H, W]`` array.
+
+def write_dataset(out_dir: str | Path, modality: str, cases: int, size: int = 192, depth: int | None = None,
+                  seed: int = 0, overwrite: bool = False, progress: bool = False, layout: str = "msd") -> Path:
+    """Write ``cases`` phantom cases as a data set (imagesTr/, labelsTr/, dataset.json); returns its path.
+
+    ``layout``: ``"msd"`` (the Medical Segmentation Decathlon's, which fedgin reads) or ``"nnunet"`` (nnU-Net v2's raw
+    layout: ``out_dir`` named ``DatasetXXX_Name``, images ``case_000_0000.nii.gz``, labels ``case_000.nii.gz``, a
+    dataset.json with channel_names, labels, numTraining and file_ending). The whole directory is built next to
+    ``out_dir`` and renamed into place, so it is complete or absent. An existing non-empty ``out_dir`` is an error
+    unless ``overwrite`` is set and it holds a dataset.json. Images are float32, labels uint8; a 2D case is a 2D
+    NIfTI that reads back as the same ``[H, W]`` array.
     """
     check_modality(modality)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown data set layout {layout!r}; choose one of {LAYOUTS}")
+    if layout == "nnunet" and not NNUNET_NAME.fullmatch(Path(out_dir).name):
+        raise ValueError(f"an nnU-Net raw data set's folder is named DatasetXXX_Name (three digits), got "
+                         f"{Path(out_dir).name!r}")
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
         raise ValueError(f"number of cases must be a positive integer, got {cases!r}")
     _check_geometry(size, depth, seed)
@@ -253,19 +267,22 @@ def write_dataset(out_dir: str | Path, modality: str, cases: int, size: int = 19
         (tmp / IMAGES_DIR).mkdir()
         (tmp / LABELS_DIR).mkdir()
         seeds = case_seeds(seed, cases)
-        names = [f"case_{i:03d}.nii.gz" for i in range(cases)]
+        names = [f"case_{i:03d}" for i in range(cases)]
+        channel = "_0000" if layout == "nnunet" else ""  # nnU-Net's channel suffix
         for name, case_seed in tqdm(zip(names, seeds, strict=True), total=cases, desc=f"synth {modality}",
                                     disable=not progress):
             image, label = make_case(modality, size, depth, case_seed)
             affine = phantom_affine(image.shape)
-            save_nifti(tmp / IMAGES_DIR / name, image, affine)
-            save_nifti(tmp / LABELS_DIR / name, label, affine)
-        meta = msd_dataset_json(
-            name=f"fedgin-phantom-{modality}", modality="CT" if modality == "ct" else "MRI", labels=LABELS,
-            files=names, description="Synthetic abdominal phantom (fedgin.data.phantom)",
-            tensor_image_size="2D" if depth is None else "3D",
-            fedgin={"modality": modality, "seed": seed, "size": size, "depth": depth, "case_seeds": seeds},
-        )
+            save_nifti(tmp / IMAGES_DIR / f"{name}{channel}.nii.gz", image, affine)
+            save_nifti(tmp / LABELS_DIR / f"{name}.nii.gz", label, affine)
+        about = {"description": "Synthetic abdominal phantom (fedgin.data.phantom)",
+                 "fedgin": {"modality": modality, "seed": seed, "size": size, "depth": depth, "case_seeds": seeds}}
+        if layout == "nnunet":
+            meta = nnunet_dataset_json(_CHANNELS[modality], LABELS, cases, name=out.name, **about)
+        else:
+            meta = msd_dataset_json(name=f"fedgin-phantom-{modality}", modality="CT" if modality == "ct" else "MRI",
+                                    labels=LABELS, files=[f"{n}.nii.gz" for n in names],
+                                    tensor_image_size="2D" if depth is None else "3D", **about)
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         _move_into_place(tmp, out)
     except BaseException:
