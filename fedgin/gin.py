@@ -204,23 +204,18 @@ class _Route:
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, cfg: GINConfig,
                  backend: str, views: int) -> None:
-        self.key = (shape, dtype, device, cfg, views)
+        self.shape, self.dtype, self.device, self.cfg, self.views = shape, dtype, device, cfg, views
         self.triton = seeded_backend(device, dtype, cfg, backend) == "triton"
-        self.cfg, self.views = cfg, views
         self.calls: dict[tuple[int, ...], object] = {}
 
     def launch(self, x: Tensor, seed: int) -> Tensor:
-        """The views of ``x`` drawn with ``seed``: the launch's kernel sizes are each layer's largest among them."""
-        cfg = self.cfg
-        ks = cfg.seeded_sizes(seed)
-        for v in range(1, self.views):
-            ks = tuple(map(max, ks, cfg.seeded_sizes(seed + v * draw.VIEW_STRIDE)))
+        """The views of ``x`` drawn with ``seed``, in one launch at each layer's largest size among them."""
+        ks = self.cfg.views_sizes(seed, self.views)
         call = self.calls.get(ks)
         if call is None:
             from fedgin.kernels.launch import seeded_call
 
-            shape, dtype, device, cfg, views = self.key
-            call = self.calls[ks] = seeded_call(shape, dtype, device, cfg, ks, views)
+            call = self.calls[ks] = seeded_call(self.shape, self.dtype, self.device, self.cfg, ks, self.views)
         return call(x, seed)
 
 

@@ -77,6 +77,14 @@ class GINConfig:
         """The kernel sizes the seeded draw of ``seed`` gives each layer (:mod:`fedgin.draw`)."""
         return self.layer_kernel_sizes or draw.kernel_sizes(seed, self.kernel_sizes, self.n_layers)
 
+    def views_sizes(self, seed: int, views: int) -> tuple[int, ...]:
+        """Each layer's largest drawn size among the ``views`` views of ``seed`` (view ``v`` draws with
+        ``seed + v * draw.VIEW_STRIDE``): the kernel sizes of the one launch that runs them all."""
+        sizes = self.seeded_sizes(seed)
+        for v in range(1, views):
+            sizes = tuple(map(max, sizes, self.seeded_sizes(seed + v * draw.VIEW_STRIDE)))
+        return sizes
+
 
 @dataclass
 class GINParams:

@@ -628,7 +628,7 @@ class SeededCall:
     out_shape: tuple[int, ...]
     grid: tuple[int, int, int]
     launches: tuple[dict, ...]  # the stream launches' other arguments: the first draws, float16's second reads
-    buffer: tuple[int, int, int, int]  # floats of the buffer; offsets of the rows, of the scratch; its floats
+    buffer: tuple[int, int, int]  # offsets of the rows and of the scratch in the float32 buffer; its floats
     part_cols: int  # floats of a sample's partial norms
     table: Tensor
     zero_seed: Tensor
@@ -649,10 +649,10 @@ class SeededCall:
 
     def run(self, x: Tensor, out: Tensor, seed: int | Tensor) -> Tensor:
         """The stream launches into ``out``; returns the partial norms (a flat float32 tensor)."""
-        floats, rows_at, scratch_at, scratch_floats = self.buffer
+        rows_at, scratch_at, floats = self.buffer
         buf = torch.empty(floats, dtype=torch.float32, device=x.device)
         part, prm = buf, buf[rows_at:]
-        if scratch_floats:  # zeroed: an edge lane's read of a region not yet written gives a finite halo value
+        if floats > scratch_at:  # a 3D plan's scratch, zeroed: a read of a region not yet written gives a finite halo
             scratch = buf[scratch_at:]
             scratch.zero_()
         else:
@@ -693,7 +693,7 @@ def seeded_call(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     scratch_floats = scratch_floats_of(plan, len(ks), cfg.interm_channels, rows) if plan.scratch else 0
     return SeededCall(
         (views, *shape), (plan.n_tiles, shape[0], views), tuple(launches),
-        (scratch_at + scratch_floats, rows_at, scratch_at, scratch_floats), plan.n_tiles * 2,
+        (rows_at, scratch_at, scratch_at + scratch_floats), plan.n_tiles * 2,
         draw_table(ks, tuple(cfg.channels()), cfg.max_sizes(), dims, device), _zero_seed(device),
         error_counter(device), _runner("gin_stream_kernel", device),
         (triton.cdiv(numel, SCALE_BLOCK), rows) if unscaled else None,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fedgin import draw
 from fedgin.augment.base import Augmentation, gin_options, register, work_dtype
 from fedgin.augment.masks import check_ipa_options, ipa_mask
 from fedgin.gin import BACKENDS, check_finite_on_cpu, check_tensor, draw_seed, gin_views, make_config, seeded_backend
@@ -50,8 +49,7 @@ def gin_ipa_views(x: Tensor, generator: torch.Generator | None = None, backend: 
         check_finite_on_cpu(x, True)
         from fedgin.kernels.launch import Seeded, gin_ipa_seeded
 
-        sizes = [cfg.seeded_sizes(seed + v * draw.VIEW_STRIDE) for v in range(3)]
-        return gin_ipa_seeded(x, Seeded(cfg, seed, tuple(map(max, zip(*sizes, strict=True))), 3), mask)
+        return gin_ipa_seeded(x, Seeded(cfg, seed, cfg.views_sizes(seed, 3), 3), mask)
     g1, g2, g3 = gin_views(x, 3, backend="reference", seed=seed, **gin_config)
     a, b = g1.to(mask.dtype), g2.to(mask.dtype)
     view1 = mask * a + (1 - mask) * b

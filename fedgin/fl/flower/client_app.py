@@ -25,8 +25,8 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedgin.config import RunConfig, SiteConfig
 from fedgin.data.msd import DATASET_JSON, read_dataset
+from fedgin.environment import resolve_device
 from fedgin.fl.client import Client
-from fedgin.fl.engine import resolve_device
 from fedgin.fl.flower.records import RUN_KEY, fedgin_version, run_config, to_record, to_weights
 from fedgin.fl.flower.secagg import secagg_mod
 from fedgin.fl.rundir import atomic_write
