@@ -10,7 +10,8 @@ setup(
     # top-level modules (PyPI's `kernels` package owns that name).
     packages=find_packages(include=["fedgin", "fedgin.*"]) + ["fedgin.kernels", "fedgin.bench"],
     package_dir={"fedgin.kernels": "kernels", "fedgin.bench": "bench"},
-    package_data={"fedgin.bench": ["gpu.sh", "anchors.json"]},
+    # nnU-Net imports the trainers folder's module by file name (nnUNet_extTrainer): a folder, not a package
+    package_data={"fedgin.bench": ["gpu.sh", "anchors.json"], "fedgin.integrations": ["nnunet_trainers/*.py"]},
     install_requires=[
         "torch>=2.4",
         "triton>=3.2",
@@ -26,6 +27,7 @@ setup(
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
         "bench": ["pytest-benchmark"],
         "fl": ["flwr==1.42.*"],
+        "nnunet": ["nnunetv2>=2.8"],
     },
     entry_points={"console_scripts": ["fedgin=fedgin.cli:main"]},
 )

@@ -6,7 +6,7 @@ import importlib
 import sys
 import warnings
 
-COMMANDS = ("synth", "augment", "train", "experiment", "demo", "bench")
+COMMANDS = ("synth", "augment", "train", "experiment", "demo", "bench", "nnunet")
 DESCRIPTION = ("Fused GIN augmentation and a federated CT/MRI segmentation trainer. Start with `fedgin demo`; "
                "`fedgin COMMAND -h` lists a command's options.")
 

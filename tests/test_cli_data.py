@@ -167,3 +167,14 @@ def test_synth_writes_an_nnunet_v2_raw_data_set(tmp_path, capsys):
     assert load_nifti(t2 / "imagesTr" / "case_000_0000.nii.gz")[0].shape == (8, 64, 64)
     assert cli.main(["synth", str(tmp_path / "phantom"), "--layout", "nnunet", "--cases", "1", "--size", "64"]) == 2
     assert "named DatasetXXX_Name" in capsys.readouterr().err and not (tmp_path / "phantom").exists()
+
+
+def test_nnunet_trainers_dir_needs_nnunetv2_and_says_how_to_get_it(capsys, monkeypatch):
+    from fedgin.commands import nnunet
+
+    monkeypatch.setattr(cli, "COMMANDS", ("nnunet",))
+    monkeypatch.setattr(nnunet.importlib.util, "find_spec", lambda name: None)
+    assert cli.main(["nnunet", "trainers-dir"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip() == ('fedgin nnunet: error: nnunetv2 is not installed in this Python: '
+                                                  'pip install "fedgin[nnunet]"')
