@@ -131,6 +131,13 @@ def test_gin_batch_treats_each_channel_as_a_sample():
         for c in range(2):
             s = torch.linalg.svdvals(torch.stack([out[0, c], out[1, c], x[0, c]]).flatten(1))
             assert (s[2] / s[0] < 1e-9) == shared, (shared, c, s)
+    x_nan = x.clone()
+    x_nan[2, 1, 3, 4] = float("nan")
+    for shared in (False, True):
+        with pytest.raises(ValueError, match="non-finite"):
+            nnunet.gin_batch(x_nan, shared)
+    volume = torch.randn(2, 2, 5, 9, 11)  # 3D patches alike
+    torch.testing.assert_close(_norms(nnunet.gin_batch(volume)), _norms(volume), rtol=1e-4, atol=0)
     views = nnunet.gin_ipa_batch(x, seed=5)
     g = gin_views(x.reshape(6, 1, 17, 19), 3, seed=5).view(3, 3, 2, 17, 19)
     assert views.shape == (9, 2, 17, 19)

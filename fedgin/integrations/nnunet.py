@@ -36,7 +36,7 @@ from torch import Tensor
 
 from fedgin.augment.gin_ipa import gin_ipa_views
 from fedgin.augment.losses import kl_consistency
-from fedgin.gin import gin
+from fedgin.gin import check_errors, gin
 
 IPA_WEIGHT = 10.0  # GIN-IPA's consistency weight, divided by the classes (fedgin.augment.recipes)
 
@@ -69,6 +69,10 @@ class nnUNetTrainerGIN(nnUNetTrainer):  # nnU-Net selects a trainer by its class
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         return super().train_step({**batch, "data": self.gin_augment(data)})
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        check_errors(self.device)  # non-finite input met on the GPU this epoch (the CPU raises at once): name it
+        super().on_train_epoch_end(train_outputs)
 
 
 class nnUNetTrainerGINShared(nnUNetTrainerGIN):
