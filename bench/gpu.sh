@@ -29,7 +29,7 @@
 # costs, at most GPU_SH_ABLATE_S, default 150 s, into bench.log), GPU_SH_TESTS_K (a pytest -k expression that picks
 # GPU tests), GPU_SH_BUDGET_S (whole script, default 520 s), GPU_SH_TESTS_S (tests, default 120 s: the fourth run's
 # 150 s reached 50, and the sweep checks its plans against float64 too), GPU_SH_TEST_WORKERS (pytest-xdist workers,
-# default 8), GPU_SH_SWEEP_S (the most the sweep takes, default 300 s: v1.14's 2D and 3D float32 candidates; it runs
+# default 8), GPU_SH_SWEEP_S (the most the sweep takes, default 300 s: the 2D and 3D float32 candidates; it runs
 # before the suite, which gets the rest), GPU_SH_PRESET (default paper; quick makes a CPU dry run of this script,
 # where the sweep checks its stand-in plans through Triton's interpreter).
 set -uo pipefail

@@ -40,14 +40,8 @@ TARGET = GPUTarget("cuda", 90, 32)
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _FLOATS = ("slope", "eps")
 LAUNCH_OPTIONS = ("num_warps", "maxnreg", "num_stages")  # compile options among the launch arguments of stream_args
-# plans the sweep (bench/sweep.py) times against the defaults: v1.5's, two planes a step in 2D, idle steps skipped
-# (under ptxas's register cap for 12 warps an SM in 2D), the 3D weights as kernel arguments, with idle steps skipped,
-# scalar scratch stores, skewed layers or both
-ALTERNATIVES = {(2, 3, 512, 300): (V15_2D, {"planes": 2}, {"idle": True, "maxnreg": 168}),
-                (2, 3, 16, 128, 128): (V15_3D, {"wargs": True}, {"wargs": True, "idle": True},
-                                       {"wargs": True, "scalar_scratch": True, "idle": True},
-                                       {"wargs": True, "skew": True},
-                                       {"wargs": True, "skew": True, "scalar_scratch": True, "idle": True})}
+# plans the sweep (bench/sweep.py) times against the defaults: v1.5's, and the 3D weights as kernel arguments
+ALTERNATIVES = {(2, 3, 512, 300): (V15_2D,), (2, 3, 16, 128, 128): (V15_3D, {"wargs": True})}
 
 
 @dataclass(frozen=True)

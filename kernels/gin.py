@@ -1,8 +1,8 @@
 """The fused GIN kernel family (2D and 3D share every line through constexprs).
 
 Layout. A sample is viewed as ``[C, S, P, W]``: 3D volumes as ``[C, D, H, W]``; 2D images as
-``[C, H, 1, W]``. A program owns one tile of ``TH x TW`` lanes and streams it along S, ``SP`` planes
-(usually one) a step, pushing them through the whole conv stack before it loads the next ones:
+``[C, H, 1, W]``. A program owns one tile of ``TH x TW`` lanes (``TH`` rows of ``TW`` columns) and streams it along
+S, one plane a step, pushing it through the whole conv stack before it loads the next one:
 
 - 3D: the lanes are a ``TH x TW`` tile of the (H, W) plane; all rows stream the same D chunk.
 - 2D: the lanes are ``TH`` independent row bands of one ``TW``-wide column tile; band ``i``
@@ -16,8 +16,7 @@ plane come from global memory (L1-hot) for the input layer and, for later layers
 ``tl.gather`` (on-chip; 2D) or a per-program scratch (``SCRATCH``: the 3D default since v1.8); the
 tile's border lanes go stale by the radius of each later layer, so only the interior (``RH`` = the
 sum of those radii from each side) is stored. Nothing but the output and a few partial sums leaves
-the chip. ``SKEW`` (3D, a sweep candidate) runs each later layer a step behind the one before it, so one
-barrier a step orders all the scratch's traffic instead of two a later layer.
+the chip.
 
 The Frobenius renormalization needs the whole sample: each program writes its partial sums of
 ``x^2`` and ``mixed^2``, reduced in a fixed order (deterministic); see :mod:`fedgin.kernels.launch` for the
@@ -145,16 +144,13 @@ def _part(t, start: tl.constexpr, n: tl.constexpr, TAKE: tl.constexpr):
 
 
 @triton.jit
-def _scatter(acc, vs, g_ptr, wg, COUT: tl.constexpr, K: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr,
-             WARGS: tl.constexpr):
-    """Add the ``SP`` arriving planes' shifted input planes ``vs`` to the ``COUT x (K + SP - 1)`` accumulators: plane
-    ``s`` adds ``w[co, m] * vs[s]`` to ``acc[co * (K + SP - 1) + s + m]``, so each weight, loaded once, feeds ``SP``
-    multiply-adds a lane. ``g_ptr``: the weight group (``w[co, m]`` at ``g_ptr + co * K + m``; COUT x K padded to a
+def _scatter(acc, v, g_ptr, wg, COUT: tl.constexpr, K: tl.constexpr, WVEC: tl.constexpr, WARGS: tl.constexpr):
+    """Add the arriving plane's shifted input plane ``v`` to the ``COUT x K`` accumulators: ``w[co, m] * v`` to
+    ``acc[co * K + m]``. ``g_ptr``: the weight group (``w[co, m]`` at ``g_ptr + co * K + m``; COUT x K padded to a
     multiple of 4, 16-byte aligned). ``WVEC`` 4: 128-bit loads of four weights, one load instruction instead of four
     (bench/NOTES.md, v1.6). ``WARGS``: the weights are kernel arguments instead, the group's ``wg[co * K + m]`` (no
     load: bench/NOTES.md, v1.9)."""
     G: tl.constexpr = COUT * K
-    A: tl.constexpr = K + SP - 1
     ws = ()
     if WARGS:
         for i in tl.static_range(G):
@@ -169,114 +165,92 @@ def _scatter(acc, vs, g_ptr, wg, COUT: tl.constexpr, K: tl.constexpr, SP: tl.con
         for i in tl.static_range(G):
             ws = ws + (tl.load(g_ptr + i),)
     new = ()
-    for i in tl.static_range(COUT * A):
-        a = acc[i]
-        for s in tl.static_range(SP):
-            if i % A - s >= 0 and i % A - s < K:  # tap m = i % A - s of plane s
-                a = a + ws[(i // A) * K + i % A - s] * vs[s]
-        new = new + (a,)
+    for i in tl.static_range(G):
+        new = new + (acc[i] + ws[i] * v,)
     return new
 
 
 @triton.jit
-def _arrive(acc, cur, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, W, PW, s_ptr, tile_off, wl, CIN: tl.constexpr,
+def _arrive(acc, cur, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, W, s_ptr, tile_off, wl, CIN: tl.constexpr,
             COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr, TH: tl.constexpr,
-            TW: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr, USE_SCRATCH: tl.constexpr, WARGS: tl.constexpr,
-            SKEW: tl.constexpr):
-    """The arriving planes' multiply-adds into the accumulators ``acc`` (see :func:`_layer`): each input channel's
+            TW: tl.constexpr, WVEC: tl.constexpr, USE_SCRATCH: tl.constexpr, WARGS: tl.constexpr):
+    """The arriving plane's multiply-adds into the accumulators ``acc`` (see :func:`_layer`): each input channel's
     shifted planes (loaded for the first layer, from the scratch or ``tl.gather`` for the others) scattered with their
     weight groups."""
     R: tl.constexpr = K // 2
     RP: tl.constexpr = KP // 2
     GP: tl.constexpr = (COUT * K + 3) // 4 * 4  # a weight group: COUT x K padded to 16 bytes
-    if USE_SCRATCH and not SKEW:
-        tl.debug_barrier()  # every lane has read the scratch's last planes
-        for i in tl.static_range(SP * CIN):
-            tl.store(s_ptr + i * TH * TW + tile_off, cur[i])
-        tl.debug_barrier()  # and the new ones are all there
+    if USE_SCRATCH:
+        tl.debug_barrier()  # every lane has read the scratch's last plane
+        for ci in tl.static_range(CIN):
+            tl.store(s_ptr + ci * TH * TW + tile_off, cur[ci])
+        tl.debug_barrier()  # and the new one is all there
     for ci in tl.static_range(CIN):
         for dwi in tl.static_range(K):
-            vws = ()
             if not FIRST and not USE_SCRATCH:
-                for s in tl.static_range(SP):
-                    vws = vws + (_shift(cur[s * CIN + ci], 0, dwi - R, TH, TW),)
+                vw = _shift(cur[ci], 0, dwi - R, TH, TW)
             for dpi in tl.static_range(KP):
-                vs = ()
-                for s in tl.static_range(SP):
-                    if FIRST:
-                        dp = dpi - RP
-                        dw = dwi - R
-                        ok = zok[s] & (prow + dp >= 0) & (prow + dp < P) & (cols + dw >= 0) & (cols + dw < W)
-                        v = tl.load(x_ptr + N * ci + (xoff + (s * PW + dp * W + dw)), mask=ok,
-                                    other=0.0).to(tl.float32)
-                    elif USE_SCRATCH:
-                        if dpi == RP and dwi == R and not SKEW:
-                            v = cur[s * CIN + ci]
-                        else:
-                            v = tl.load(s_ptr + (s * CIN + ci) * TH * TW + tile_off + ((dpi - RP) * TW + (dwi - R)))
+                if FIRST:
+                    dp = dpi - RP
+                    dw = dwi - R
+                    ok = zok & (prow + dp >= 0) & (prow + dp < P) & (cols + dw >= 0) & (cols + dw < W)
+                    v = tl.load(x_ptr + N * ci + (xoff + (dp * W + dw)), mask=ok, other=0.0).to(tl.float32)
+                elif USE_SCRATCH:
+                    if dpi == RP and dwi == R:
+                        v = cur[ci]
                     else:
-                        v = _shift(vws[s], dpi - RP, 0, TH, TW)
-                    vs = vs + (v,)
-                acc = _scatter(acc, vs, w_ptr + ((ci * KP + dpi) * K + dwi) * GP,
-                               _part(wl, ((ci * KP + dpi) * K + dwi) * GP, COUT * K, WARGS), COUT, K, SP, WVEC, WARGS)
+                        v = tl.load(s_ptr + ci * TH * TW + tile_off + ((dpi - RP) * TW + (dwi - R)))
+                else:
+                    v = _shift(vw, dpi - RP, 0, TH, TW)
+                acc = _scatter(acc, v, w_ptr + ((ci * KP + dpi) * K + dwi) * GP,
+                               _part(wl, ((ci * KP + dpi) * K + dwi) * GP, COUT * K, WARGS), COUT, K, WVEC, WARGS)
     return acc
 
 
 @triton.jit
-def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S, slope, s_ptr, n_ptr, tile_off, wl,
-           t, CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
-           LAST: tl.constexpr, W, PW, TH: tl.constexpr, TW: tl.constexpr, SP: tl.constexpr, WVEC: tl.constexpr,
-           SCRATCH: tl.constexpr, WARGS: tl.constexpr, SKEW: tl.constexpr, IDLE: tl.constexpr):
-    """One layer's step: scatter the ``SP`` arriving planes, return (the ``SP`` completed planes, the new pending
-    planes).
+def _layer(cur, pend, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, plane_ok, zd, S, slope, s_ptr, tile_off, wl,
+           CIN: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FIRST: tl.constexpr,
+           LAST: tl.constexpr, W, TH: tl.constexpr, TW: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr,
+           WARGS: tl.constexpr):
+    """One layer's step: scatter the arriving plane, return (the completed plane, the new pending planes).
 
-    ``cur``: the arriving planes (``SP x CIN`` tensors, plane-major), unused for the first layer, which loads the
-    input at offsets ``xoff + s * PW`` (masks ``zok[s]``) instead. The completed planes are ``zd .. zd + SP - 1``.
+    ``cur``: the arriving plane (``CIN`` tensors), unused for the first layer, which loads the input at offsets
+    ``xoff`` (mask ``zok``) instead. The completed plane is ``zd``.
     Weights at ``w_ptr``: one group (:func:`_scatter`) per (input channel, tap along P, tap along W), then the COUT
     biases (see :func:`fedgin.kernels.launch.pack_params`); with ``WARGS`` the same floats from the layer's slice
     ``wl`` of the kernel arguments instead (slices: Triton's front end copies a tuple argument's type at each call,
     so the whole tuple into every call took most of a compile, 36 of 44 s in 3D). ``SCRATCH``: later layers take
     their in-plane neighbours from the program's scratch at ``s_ptr`` (the planes stored at the lanes' ``tile_off``,
     then read back shifted: two barriers a layer) instead of ``tl.gather``; a lane at the tile's edge reads a
-    neighbouring row's or program's value, which, like the clamped gather's, only reaches halo lanes. ``SKEW``:
-    ``s_ptr`` already holds the arriving plane, stored by the layer before in the last step (``cur`` unused; no
-    barrier here: one ends each step), and the completed plane is stored at ``n_ptr`` for the next layer's next step.
-    In the layer's ``IDLE`` leading steps (:func:`fedgin.kernels.launch.idle_steps`) nothing arrives: its accumulators,
-    zero from the start, stay zero, and so do its pending planes.
+    neighbouring row's or program's value, which, like the clamped gather's, only reaches halo lanes.
     """
-    A: tl.constexpr = K + SP - 1  # accumulators an output channel: K - 1 pending, SP new
     GP: tl.constexpr = (COUT * K + 3) // 4 * 4  # a weight group: COUT x K padded to 16 bytes
     acc = ()
-    for co in tl.static_range(COUT):
-        for m in tl.static_range(A):
+    for co in tl.static_range(COUT):  # K accumulators an output channel: K - 1 pending, one new
+        for m in tl.static_range(K):
             if m < K - 1:
                 acc = acc + (pend[co * (K - 1) + m],)
             else:
                 acc = acc + (tl.full((TH, TW), 0.0, tl.float32),)
     USE_SCRATCH: tl.constexpr = SCRATCH and not FIRST
-    if IDLE == 0 or t >= IDLE:  # else an idle step: what would arrive reaches no plane the output needs
-        acc = _arrive(acc, cur, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, W, PW, s_ptr, tile_off, wl, CIN, COUT, K,
-                      KP, FIRST, TH, TW, SP, WVEC, USE_SCRATCH, WARGS, SKEW)
+    acc = _arrive(acc, cur, x_ptr, xoff, prow, cols, P, zok, N, w_ptr, W, s_ptr, tile_off, wl, CIN, COUT, K, KP,
+                  FIRST, TH, TW, WVEC, USE_SCRATCH, WARGS)
     BIAS: tl.constexpr = CIN * KP * K * GP
     done = ()
-    for s in tl.static_range(SP):
-        done_ok = (zd + s >= 0) & (zd + s < S)
-        for co in tl.static_range(COUT):
-            if WARGS:
-                h = acc[co * A + s] + wl[BIAS + co]
-            else:
-                h = acc[co * A + s] + tl.load(w_ptr + BIAS + co)
-            if not LAST:
-                h = tl.where(h >= 0, h, h * slope)
-                h = tl.where(plane_ok & done_ok, h, 0.0)  # zero padding for the next layer
-            done = done + (h,)
-    if SKEW and not LAST:
-        for i in tl.static_range(COUT):
-            tl.store(n_ptr + i * TH * TW + tile_off, done[i])
+    done_ok = (zd >= 0) & (zd < S)
+    for co in tl.static_range(COUT):
+        if WARGS:
+            h = acc[co * K] + wl[BIAS + co]
+        else:
+            h = acc[co * K] + tl.load(w_ptr + BIAS + co)
+        if not LAST:
+            h = tl.where(h >= 0, h, h * slope)
+            h = tl.where(plane_ok & done_ok, h, 0.0)  # zero padding for the next layer
+        done = done + (h,)
     new_pend = ()
     for co in tl.static_range(COUT):
-        for m in tl.static_range(SP, A):
-            new_pend = new_pend + (acc[co * A + m],)
+        for m in tl.static_range(1, K):
+            new_pend = new_pend + (acc[co * K + m],)
     return done, new_pend
 
 
@@ -289,8 +263,7 @@ def gin_stream_kernel(
     CH: tl.constexpr, OFF: tl.constexpr, KS: tl.constexpr, KPS: tl.constexpr, BANDS: tl.constexpr,
     RS: tl.constexpr, RH: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, MODE: tl.constexpr, PBLOCK: tl.constexpr,
     FBLOCK: tl.constexpr, WVEC: tl.constexpr, SCRATCH: tl.constexpr, GUARD: tl.constexpr, WARGS: tl.constexpr,
-    SP: tl.constexpr, SKEW: tl.constexpr, REGIONS: tl.constexpr, IDLE: tl.constexpr, DRAW: tl.constexpr,
-    POOL: tl.constexpr,
+    DRAW: tl.constexpr, POOL: tl.constexpr,
 ):
     """GIN over one tile of one sample; grid ``(n_tiles, B, V)``, or ``(n_tiles, 1, 1)`` with ``WARGS``. See the
     module docstring.
@@ -312,14 +285,9 @@ def gin_stream_kernel(
     (:func:`fedgin.kernels.launch.pack_params`), alpha last. ``cnt_ptr``: int32 per row, zero at launch, and
     ``FBLOCK``: elements a step of the finishing program's rescale (``STORE_FINISH`` only). ``WVEC``: weights
     loaded 4 at a time (4) or one by one (1). ``SCRATCH`` (3D): in-plane shifts of the later layers through
-    ``scr_ptr``, ``REGIONS x M x TH x TW`` floats a program after ``GUARD`` floats (see :func:`_layer`;
-    :func:`fedgin.kernels.launch.scratch_regions`). ``SP``: planes a step (each weight then feeds ``SP``
-    multiply-adds a lane; ``n_steps`` covers the chunk and its halo). ``SKEW`` (with ``SCRATCH``, one plane a step):
-    layer ``l`` takes, in step ``t``, the plane layer ``l - 1`` completed and stored in step ``t - 1`` (regions
-    ``2 (l - 1) + t % 2``), so one barrier a step orders every layer's scratch traffic; ``n_steps`` is ``L - 1``
-    longer. ``IDLE``: per layer, the leading steps in which its work reaches no plane the output needs
-    (:func:`fedgin.kernels.launch.idle_steps`); it skips their multiply-adds, loads and scratch traffic, and the
-    planes the output needs get the same sums in the same order.
+    ``scr_ptr``, ``M x TH x TW`` floats a program after ``GUARD`` floats (see :func:`_layer`;
+    :func:`fedgin.kernels.launch.scratch_guard`). ``n_steps``: a step a plane of the chunk (``zc``) and of its halo
+    on either side (``RS``).
 
     ``DRAW``: the program draws its parameters from the seed (``fedgin.draw``) before it streams: the key is the
     int64 at ``seed_ptr`` (0 in eager calls; a device-drawn seed in captured or compiled ones) plus the halves
@@ -365,7 +333,7 @@ def gin_stream_kernel(
     o_b = out_ptr + sample_base(v * view_step * nb + b, 0, C, N)
     p_b = prm_ptr + row.to(tl.int64) * prm_stride
     REGION: tl.constexpr = CH[1] * TH * TW  # one plane of a later layer's input channels
-    s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * (REGIONS * REGION)
+    s_b = scr_ptr + GUARD + (row.to(tl.int64) * n_tiles + tile) * REGION
     tile_off = rows * TW + tl.arange(0, TW)[None, :]
     if DRAW:
         sd = tl.load(seed_ptr)
@@ -397,48 +365,38 @@ def gin_stream_kernel(
     acc_m = tl.full((TH, TW), 0.0, tl.float32)
 
     for t in range(n_steps):
-        z = zlo - RS + t * SP  # coordinate of the first arriving input plane, [TH, 1]
-        zok = ()
-        for s in tl.static_range(SP):
-            zok = zok + ((z + s >= 0) & (z + s < S),)
+        z = zlo - RS + t  # coordinate of the arriving input plane, [TH, 1]
+        zok = (z >= 0) & (z < S)
         xoff = z * PW + xoff0
         cur = ()
         new_pend = ()
         zd = z
         for l in tl.static_range(L):
-            r_b = s_b
-            if SKEW and l > 0:  # the plane the layer before completed in the last step, from its region
-                zd = zd - 1
-                r_b = s_b + (2 * (l - 1) + (t + 1) % 2) * REGION
-            zd = zd - KS[l] // 2  # coordinate of the first plane this layer completes
+            zd = zd - KS[l] // 2  # coordinate of the plane this layer completes
             w_ptr = p_b + OFF[l]
-            n_b = s_b + (2 * l + t % 2) * REGION  # SKEW: for the next layer, in the next step
             wl = _part(wargs, OFF[l], OFF[l + 1] - OFF[l], WARGS)  # the layer's weights and biases as arguments
-            cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok, zd, S, slope, r_b,
-                             n_b, tile_off, wl, t, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1, W, PW, TH, TW,
-                             SP, WVEC, SCRATCH, WARGS, SKEW, IDLE[l])
+            cur, lp = _layer(cur, pend[l], x_b, xoff, prow, cols, P, zok, N64, w_ptr, plane_ok, zd, S, slope, s_b,
+                             tile_off, wl, CH[l], CH[l + 1], KS[l], KPS[l], l == 0, l == L - 1, W, TH, TW, WVEC,
+                             SCRATCH, WARGS)
             new_pend = new_pend + (lp,)
         pend = new_pend
-        for s in tl.static_range(SP):
-            # zd + s == z + s - RS (SKEW: - (L - 1)): an output plane that just completed
-            keep = own & (zd + s >= zlo) & (zd + s < zhi)
-            ooff = (zd + s) * PW + xoff0
-            for c in tl.static_range(C):
-                xv = tl.load(x_b + N64 * c + ooff, mask=keep, other=0.0).to(tl.float32)
-                mixed = alpha * cur[s * C + c] + (1.0 - alpha) * xv
-                mixed = tl.where(keep, mixed, 0.0)
-                if MODE != STORE_SCALED:
-                    acc_x += xv * xv
-                    acc_m += mixed * mixed
-                if MODE == STORE_UNSCALED or MODE == STORE_FINISH:
-                    tl.store(o_b + N64 * c + ooff, mixed.to(out_ptr.dtype.element_ty), mask=keep)
-                if MODE == STORE_SCALED:
-                    tl.store(o_b + N64 * c + ooff, (mixed * scale).to(out_ptr.dtype.element_ty), mask=keep)
-        if MODE == NORMS_ONLY or SKEW:
-            # SKEW: the step's stores to the scratch are all there for the next step's reads, and its reads are done
-            # before the step after overwrites their regions. NORMS_ONLY: no store in this loop, so the compiler
-            # would hoist every weight load out of it (550 in 3D) and spill (bench/NOTES.md); the barrier keeps them
-            # in the loop, as the stores do in the other modes
+        # zd == z - RS: the output plane that just completed
+        keep = own & (zd >= zlo) & (zd < zhi)
+        ooff = zd * PW + xoff0
+        for c in tl.static_range(C):
+            xv = tl.load(x_b + N64 * c + ooff, mask=keep, other=0.0).to(tl.float32)
+            mixed = alpha * cur[c] + (1.0 - alpha) * xv
+            mixed = tl.where(keep, mixed, 0.0)
+            if MODE != STORE_SCALED:
+                acc_x += xv * xv
+                acc_m += mixed * mixed
+            if MODE == STORE_UNSCALED or MODE == STORE_FINISH:
+                tl.store(o_b + N64 * c + ooff, mixed.to(out_ptr.dtype.element_ty), mask=keep)
+            if MODE == STORE_SCALED:
+                tl.store(o_b + N64 * c + ooff, (mixed * scale).to(out_ptr.dtype.element_ty), mask=keep)
+        if MODE == NORMS_ONLY:
+            # no store in this loop, so the compiler would hoist every weight load out of it (550 in 3D) and spill
+            # (bench/NOTES.md); the barrier keeps them in the loop, as the stores do in the other modes
             tl.debug_barrier()
 
     if MODE != STORE_SCALED:

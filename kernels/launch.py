@@ -55,7 +55,9 @@ WARGS_SAMPLE_VOXELS = 128**3  # the smallest 3D sample a launch a sample was mea
 
 @dataclass(frozen=True)
 class Plan:
-    """Tile shape, stream chunk and grid of one call. ``bands``: the 2D row-band layout."""
+    """Tile shape, stream chunk and grid of one call: tiles of ``th`` rows (2D: ``th`` row bands, ``bands``) by
+    ``tw`` columns of lanes; each streams a chunk of ``zc`` planes (2D: rows), ``n_zt`` chunks along S, ``n_pt`` tiles
+    along P (3D: H) and ``n_wt`` along W."""
 
     th: int
     tw: int
@@ -70,10 +72,6 @@ class Plan:
     wvec: int = 1  # weights loaded one by one, or 4 at a time (128-bit loads; the 2D default since v1.8)
     scratch: bool = False  # 3D: later layers' in-plane shifts through a per-program scratch (the default since v1.8)
     wargs: bool = False  # weights and biases as kernel arguments: a launch a sample, or a batch sharing one (v1.9)
-    planes: int = 1  # planes a stream step: each weight feeds this many multiply-adds a lane (v1.14)
-    scalar_scratch: bool = False  # 3D scratch stores a float at a time: no layout conversion in the loop (v1.14)
-    skew: bool = False  # 3D scratch: each later layer a step behind the one before it, one barrier a step (v1.14)
-    idle: bool = False  # each layer skips the chunk's leading steps whose work no output plane needs (v1.15)
 
     @property
     def n_tiles(self) -> int:
@@ -187,8 +185,7 @@ def _stream_chunk(depth: int, tiles_per_chunk: int, halo: int, slots: int) -> in
 def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, *, th: int | None = None,
               tw: int | None = None, zc: int | None = None, lanes_per_thread: int | None = None,
               maxnreg: int | None = None, finish: bool = False, sms: int = H100_SMS, wvec: int | None = None,
-              scratch: bool | None = None, wargs: bool = False, shared_network: bool = False,
-              planes: int = 1, scalar_scratch: bool = False, skew: bool = False, idle: bool = False) -> Plan:
+              scratch: bool | None = None, wargs: bool = False, shared_network: bool = False) -> Plan:
     """Choose tiles for ``shape`` [B, C, *S] and ``interm`` intermediate channels: the in-plane halo of every
     tile is recomputed, so tiles are as wide as the image needs (2D up to 32 columns, 64 in a heavy stack; 3D up
     to 32 x 32); 2D streams row bands of up to 32 rows, 3D streams (H, W) tiles along chunks of D.
@@ -210,16 +207,6 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     weights 4 at a time (a quarter of the weight-load instructions, more registers: bench/NOTES.md, v1.6), ``wvec=1``
     one at a time; ``scratch`` (3D only) shifts the later layers' planes through a per-program scratch,
     ``scratch=False`` through ``tl.gather`` (the same values; on a GPU not always the same bits: NOTES v1.8).
-    ``planes`` (1 to 4): planes a stream step pushes through the stack together, so each weight and bias (loaded, or
-    an argument) and each barrier serves that many planes (bench/NOTES.md, v1.14); the steps cover the chunk and
-    its halo in ``ceil((zc + 2 * halo) / planes)``. ``scalar_scratch``: the scratch's stores a float at a time, so
-    the tiles keep one layout throughout the loop: with 8-byte scratch stores Triton converts each output channel's
-    tile to the output store's layout through shared memory, two barriers a channel a step (bench/NOTES.md, v1.14).
-    ``skew`` (3D scratch, one plane a step): each later layer reads the plane the layer before it stored in the
-    previous step, from double-buffered regions, so one barrier a step replaces two a later layer, for ``L - 1`` more
-    warm-up steps a chunk. ``idle``: each later layer skips the chunk's leading steps in which its work reaches no
-    plane the output needs (:func:`idle_steps`): the same bits for 9% fewer multiply-adds in 3D 128³, a branch a
-    layer a step (bench/NOTES.md, v1.15).
     ``wargs`` passes the weights and biases as kernel arguments: they reach the FMAs from the constant bank, with no
     load-store instruction (bench/NOTES.md, v1.9). A launch a sample (and draw), or one for a batch that shares one
     network (``per_sample=False``); 3D chunks are planned for one sample a launch, or for the batch with
@@ -229,24 +216,16 @@ def make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int
     """
     if wvec not in (None, 1, 4):
         raise ValueError(f"wvec must be 1 or 4, got {wvec}")
-    if planes not in (1, 2, 3, 4):
-        raise ValueError(f"planes must be 1 to 4, got {planes}")
     if wargs:
         _wargs_fit(shape[1], interm, tuple(kernel_sizes), len(shape) - 2)
-    plan = _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
-                      wvec, scratch, wargs, wargs and shared_network, planes, scalar_scratch, skew, idle)
-    if (scalar_scratch or skew) and not plan.scratch:
-        raise ValueError("scalar_scratch and skew need a plan with the scratch (3D)")
-    if skew and planes != 1:
-        raise ValueError("skew takes one plane a step")
-    return plan
+    return _make_plan(tuple(shape), tuple(kernel_sizes), interm, th, tw, zc, lanes_per_thread, maxnreg, finish, sms,
+                      wvec, scratch, wargs, wargs and shared_network)
 
 
 @functools.lru_cache(maxsize=256)  # a training loop calls with a handful of shapes: plan each once
 def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: int, th: int | None, tw: int | None,
                zc: int | None, lanes_per_thread: int | None, maxnreg: int | None, finish: bool, sms: int,
-               wvec: int | None, scratch: bool | None, wargs: bool, shared: bool, planes: int,
-               scalar_scratch: bool, skew: bool, idle: bool) -> Plan:
+               wvec: int | None, scratch: bool | None, wargs: bool, shared: bool) -> Plan:
     halo = sum(k // 2 for k in kernel_sizes[1:])
     live = live_tiles(shape[1], interm, kernel_sizes)
     bands = len(shape) == 4
@@ -276,8 +255,7 @@ def _make_plan(shape: tuple[int, ...], kernel_sizes: tuple[int, ...], interm: in
         n_zt = triton.cdiv(d, zc)
     if maxnreg is None and lanes_per_thread == 1 and live > 64:
         maxnreg = min(255, 65536 // (32 * num_warps))
-    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec, scratch, wargs, planes,
-                scalar_scratch, skew, idle)
+    return Plan(th, tw, zc, n_zt, n_pt, n_wt, bands, num_warps, maxnreg, finish, wvec, scratch, wargs)
 
 
 @functools.cache
@@ -353,48 +331,26 @@ def _stream_args(shape: tuple[int, ...], ks: tuple[int, ...], cfg, plan: Plan, d
     ch = [cfg.in_channels] + [cout for _, cout in cfg.channels()]
     off = _layer_offsets(cfg.in_channels, cfg.interm_channels, ks, spatial_dims)
     return dict(
-        S=s, P=p, W=w, zc=plan.zc, n_steps=-(-(plan.zc + 2 * rs) // plan.planes) + (len(ks) - 1) * plan.skew,
+        S=s, P=p, W=w, zc=plan.zc, n_steps=plan.zc + 2 * rs,
         n_wt=plan.n_wt, n_pt=plan.n_pt,
         n_tiles=plan.n_tiles, view_step=1, nb=shape[0], b0=0, v0=0, slope=float(cfg.slope),
         eps=float(cfg.eps), wargs=(), seed_lo=0, seed_hi=0, block=1, shared=0, WARGS=plan.wargs,
         CH=tuple(ch), OFF=tuple(off), KS=ks,
         KPS=kps, BANDS=plan.bands, RS=rs, RH=rs - ks[0] // 2,
         TH=plan.th, TW=plan.tw, PBLOCK=PBLOCK, FBLOCK=FINISH_PER_THREAD * 32 * plan.num_warps, WVEC=plan.wvec,
-        SCRATCH=plan.scratch, GUARD=scratch_guard(plan), SP=plan.planes, SKEW=plan.skew,
-        REGIONS=scratch_regions(plan, len(ks)), IDLE=idle_steps(ks, plan) if plan.idle else (0,) * len(ks),
-        DRAW=draw, POOL=draw_pool(cfg) if draw else (), num_warps=plan.num_warps,
+        SCRATCH=plan.scratch, GUARD=scratch_guard(plan), DRAW=draw, POOL=draw_pool(cfg) if draw else (),
+        num_warps=plan.num_warps,
         # the scratch is read back after a barrier: no software pipelining may move those loads
         **({"num_stages": 1} if plan.scratch else {}),
         **({"maxnreg": plan.maxnreg} if plan.maxnreg is not None else {}),
     )
 
 
-def idle_steps(kernel_sizes: Sequence[int], plan: Plan) -> tuple[int, ...]:
-    """Leading steps of a chunk in which each layer's work reaches no plane the output needs. A chunk's stream starts
-    ``RS`` (the radii's sum) planes before the chunk, and layer ``l`` needs its planes from ``RS - R_l`` before it
-    (``R_l``: the radii up to ``l``'s); its plane arriving in step ``t``, ``t·SP - R_{l-1}`` planes after the stream's
-    start (one plane more a later layer with ``plan.skew``), reaches planes up to ``r_l`` further. So layer ``l``
-    idles while ``t·SP + SP - 1 < 2 R_{l-1}`` (``+ l`` with skew): 12 of the 4 x 34 layer steps of a 3D 128³ chunk
-    (4 layers 3x3x3, 26 planes), 9% of its multiply-adds (bench/NOTES.md, v1.15). Used where ``plan.idle``."""
-    out, before = [], 0
-    for layer, k in enumerate(kernel_sizes):
-        first = 2 * before + (layer if plan.skew else 0)  # the first plane offset whose work reaches a needed plane
-        out.append(max(0, -(-(first - plan.planes + 1) // plan.planes)))
-        before += k // 2
-    return tuple(out)
-
-
-def scratch_regions(plan: Plan, n_layers: int) -> int:
-    """Planes of ``M x TH x TW`` floats a program's scratch holds: the step's planes, or with ``plan.skew`` two (the
-    last step's and this one's) for each later layer."""
-    return 2 * (n_layers - 1) if plan.skew else plan.planes
-
-
 def scratch_guard(plan: Plan) -> int:
-    """Floats before and after the scratch: a shift of up to 2 (5x5 kernels) from the first or last lane. Even, the
-    scratch's stores are known 8-byte aligned, and Triton 3.6 lays the tiles out two columns a thread for them; odd
-    (``Plan.scalar_scratch``), a float at a time, in the layout of the output's unaligned stores."""
-    return 2 * plan.tw + (3 if plan.scalar_scratch else 2)
+    """Floats before and after the scratch: a shift of up to 2 (5x5 kernels) from the first or last lane. Even, so
+    the scratch's stores are known 8-byte aligned, and Triton 3.6 lays the tiles out two columns a thread for them
+    (bench/NOTES.md, v1.14)."""
+    return 2 * plan.tw + 2
 
 
 def _check_out(out: Tensor | None, x: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -469,7 +425,7 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     # the per-sample counters of STORE_FINISH; the other modes never read it: no allocation or memset for them
     cnt = (torch.zeros(rows, dtype=torch.int32, device=dev) if int(STORE_FINISH) in modes
            else part.view(torch.int32))
-    scratch = _scratch(plan, len(first.kernel_sizes), first.config.interm_channels, rows, dev) if plan.scratch else part
+    scratch = _scratch(plan, first.config.interm_channels, rows, dev) if plan.scratch else part
     args = stream_args(x, first, plan) | {"view_step": view_step}
     kernel = _runner("gin_stream_kernel", dev)
     err = error_counter(dev)
@@ -484,15 +440,16 @@ def _stream(x: Tensor, draws: Sequence, out: Tensor, plan: Plan, view_step: int 
     return part
 
 
-def _scratch(plan: Plan, n_layers: int, interm: int, rows: int, device: torch.device) -> Tensor:
+def _scratch(plan: Plan, interm: int, rows: int, device: torch.device) -> Tensor:
     """A 3D plan's scratch, zeroed: an edge lane's read of a region not yet written (or of a guard) gives a finite
     halo value."""
-    return torch.zeros(scratch_floats_of(plan, n_layers, interm, rows), dtype=torch.float32, device=device)
+    return torch.zeros(scratch_floats_of(plan, interm, rows), dtype=torch.float32, device=device)
 
 
-def scratch_floats_of(plan: Plan, n_layers: int, interm: int, rows: int) -> int:
-    """Floats of a 3D plan's scratch for ``rows`` samples: each tile's regions, and a guard at either end."""
-    return rows * plan.n_tiles * scratch_regions(plan, n_layers) * interm * plan.th * plan.tw + 2 * scratch_guard(plan)
+def scratch_floats_of(plan: Plan, interm: int, rows: int) -> int:
+    """Floats of a 3D plan's scratch for ``rows`` samples: each tile's plane of ``interm`` channels, and a guard at
+    either end."""
+    return rows * plan.n_tiles * interm * plan.th * plan.tw + 2 * scratch_guard(plan)
 
 
 @dataclass(frozen=True)
@@ -690,7 +647,7 @@ def seeded_call(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     # one buffer: the partial norms, then the rows, then the scratch, each 16-float aligned (as the kernel is compiled)
     rows_at = _round_up(rows * plan.n_tiles * 2, 16)
     scratch_at = rows_at + rows * prm_cols
-    scratch_floats = scratch_floats_of(plan, len(ks), cfg.interm_channels, rows) if plan.scratch else 0
+    scratch_floats = scratch_floats_of(plan, cfg.interm_channels, rows) if plan.scratch else 0
     return SeededCall(
         (views, *shape), (plan.n_tiles, shape[0], views), tuple(launches),
         (rows_at, scratch_at, scratch_at + scratch_floats), plan.n_tiles * 2,

@@ -106,27 +106,6 @@ def test_v19_weights_as_kernel_arguments_on_gpu(shape, ks, per_sample, dtype):
     assert float((outs[0].double() - loaded.double()).norm() / loaded.double().norm()) <= TOL[dtype], differ
 
 
-@pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("shape,ks,overrides", [
-    ((2, 3, 128, 128, 128), (3, 3, 3, 3), {"wargs": True}),
-    ((2, 3, 128, 128, 128), (3, 3, 3, 3), {"wargs": True, "skew": True, "scalar_scratch": True}),
-    ((64, 3, 256, 256), (3, 3, 3, 3), {"maxnreg": 168}),
-    ((1, 4, 33, 65, 17), (3, 1, 3), {})])
-def test_v115_idle_steps_on_gpu(shape, ks, overrides, dtype):
-    """v1.15: each layer skipping its idle steps (a uniform branch a layer a step) under real concurrency: against
-    float64, repeat-equal, and within the dtype's tolerance of every step computed (the interpreter finds them
-    bit-equal; on the GPU the assertion's message counts the outputs that differ)."""
-    params = draw(shape, ks, per_sample=True, device="cuda")
-    x = image_like(shape, dtype, seed=11, device="cuda")
-    plan = make_plan(shape, ks, params.config.interm_channels, idle=True, **overrides)
-    outs = _twice(x, params, plan)
-    assert torch.equal(outs[0], outs[1]) and not torch.isnan(outs[0]).any()
-    assert rel_error(outs[0], x, params) <= TOL[dtype]
-    every_step = gin_fused(x, params, plan=dataclasses.replace(plan, idle=False))
-    differ = int((every_step != outs[0]).sum())
-    assert float((outs[0].double() - every_step.double()).norm() / every_step.double().norm()) <= TOL[dtype], differ
-
-
 @pytest.mark.parametrize("dtype", [F32, BF16])
 @pytest.mark.parametrize("shape,ks", [((64, 3, 256, 256), (3, 3, 3, 3)), ((4, 1, 96, 96, 96), (1, 3, 1, 3))])
 def test_one_launch_plan_on_gpu(shape, ks, dtype):

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from fedgin import gin_apply
-from fedgin.kernels import gin_fused, launch, make_plan
+from fedgin.kernels import gin_fused, make_plan
 from fedgin.kernels.gin import sample_base
 from fedgin.kernels.launch import (
     WARGS_MAX_FLOATS,
@@ -21,9 +21,7 @@ from fedgin.kernels.launch import (
     _plan_for,
     arg_floats,
     default_wargs,
-    idle_steps,
     pack_params,
-    stream_args,
 )
 
 from kernel_cases import TOL, assert_plan_covers, count_launches, draw, image_like, rel_error
@@ -116,17 +114,13 @@ def test_weights_four_at_a_time_give_the_same_output(shape, ks, interm, dtype):
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
 @pytest.mark.interpreter_bits
 def test_scratch_shifts_give_the_same_output_as_gathers(shape, ks, interm, dtype, th):
-    """3D ``scratch=True`` (later layers' in-plane neighbours stored and read back) against ``tl.gather``; stored a
-    float at a time (``scalar_scratch``: an odd guard) the same."""
+    """3D ``scratch=True`` (later layers' in-plane neighbours stored and read back) against ``tl.gather``."""
     params = draw(shape, ks, interm, seed=3)
     x = image_like(shape, dtype, seed=4)
     gather, scratch = (_run(x, params, make_plan(shape, ks, interm, th=th, scratch=s)) for s in (False, True))
     assert not torch.isnan(scratch).any() and torch.equal(gather, scratch)
     assert rel_error(scratch, x, params) <= TOL[dtype]
-    assert torch.equal(scratch, _run(x, params, make_plan(shape, ks, interm, th=th, scalar_scratch=True)))
     assert not make_plan((1, 1, 8, 8), ks, interm, scratch=True).scratch  # 2D: no shift crosses warps
-    with pytest.raises(ValueError, match="scalar_scratch and skew need a plan with the scratch"):
-        make_plan((1, 1, 8, 8), ks, interm, scalar_scratch=True)
 
 
 @pytest.mark.parametrize("shape,ks,interm,dtype", [
@@ -148,97 +142,6 @@ def test_weights_as_kernel_arguments_give_the_same_output(monkeypatch, shape, ks
     assert launched.count("gin_stream_kernel") == (2 if dtype == F16 else 1) * shape[0]
     assert not torch.isnan(args).any() and torch.equal(loaded, args)
     assert rel_error(args, x, params) <= TOL[dtype]
-
-
-PLANES = [  # shape, kernel sizes, interm, dtype, plan overrides, planes a step
-    ((1, 3, 11, 13), (3, 3, 3, 3), 2, F32, {"th": 2, "tw": 16, "zc": 5}, 2),  # 2D bands; 5 + 8 rows in 7 steps
-    ((1, 2, 13, 29), (3, 1, 5), 2, BF16, {"th": 2, "tw": 16, "zc": 3}, 3),  # band and tile borders, a 5-tap layer
-    ((1, 1, 5, 11, 13), (3, 3), 2, F32, {"th": 8, "tw": 8, "zc": 2}, 3),  # 3D gathers, chunks of 2 in steps of 3
-    ((1, 2, 5, 13, 11), (3, 1, 3), 2, F32, {"th": 8, "scratch": True}, 2),  # 3D scratch: two planes a region
-    ((2, 2, 5, 9, 7), (3, 3, 3), 2, F32, {"wargs": True}, 2),  # weights as arguments, a launch a sample
-    ((1, 1, 3, 6, 5), (3, 3), 2, F16, {}, 2),  # float16: both passes
-    ((1, 3, 11, 37), (3, 3, 3), 2, F32, {"th": 2, "tw": 16, "zc": 4, "finish": True}, 4),  # one launch
-]
-
-
-SKEWED = [  # shape, kernel sizes, interm, dtype, plan overrides: 3D plans with the scratch
-    ((1, 2, 5, 13, 11), (3, 3, 3), 2, F32, {"th": 8}),  # 4 tiles of 8 x 16
-    ((1, 1, 7, 9, 7), (1, 5, 3), 3, BF16, {"th": 16, "zc": 3}),  # a 5x5 layer, chunks of 3
-    ((2, 2, 5, 9, 7), (3, 3, 3, 1), 2, F32, {"wargs": True, "zc": 2, "scalar_scratch": True}),  # a 1x1 layer last
-    ((1, 1, 3, 6, 5), (3, 3), 2, F16, {}),  # float16: both passes
-    ((1, 1, 6, 13, 11), (3, 3), 2, F32, {"th": 8, "zc": 4, "finish": True}),  # one launch
-]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("shape,ks,interm,dtype,overrides", SKEWED, ids=[f"{c[0]}-{c[3]}" for c in SKEWED])
-@pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
-@pytest.mark.interpreter_bits
-def test_skewed_layers_give_the_same_output(shape, ks, interm, dtype, overrides):
-    """``skew``: each later layer takes the plane the layer before it stored in the last step (one barrier a step):
-    the same sums in the same order, so the same bits, ``L - 1`` more steps."""
-    params = draw(shape, ks, interm, seed=3)
-    x = image_like(shape, dtype, seed=4)
-    plan = make_plan(shape, ks, interm, skew=True, **overrides)
-    straight = dataclasses.replace(plan, skew=False)
-    skewed = _run(x, params, plan)
-    assert torch.equal(_run(x, params, straight), skewed) and rel_error(skewed, x, params) <= TOL[dtype]
-    assert stream_args(x, params, plan)["n_steps"] == stream_args(x, params, straight)["n_steps"] + len(ks) - 1
-    with pytest.raises(ValueError, match="skew takes one plane a step"):
-        make_plan(shape, ks, interm, skew=True, planes=2)
-    with pytest.raises(ValueError, match="need a plan with the scratch"):
-        make_plan(shape, ks, interm, skew=True, scratch=False)
-
-
-IDLE = [  # shape, kernel sizes, interm, dtype, plan overrides, each layer's idle steps
-    ((1, 2, 9, 7, 11), (3, 3, 3), 2, F32, {"zc": 4, "wargs": True}, (0, 2, 4)),  # 3D, the scratch
-    ((1, 2, 9, 7, 11), (3, 3, 3), 2, BF16, {"zc": 5, "skew": True}, (0, 3, 6)),  # each later layer a step behind
-    ((1, 1, 7, 9, 7), (1, 5, 3), 2, F16, {"th": 16, "zc": 4}, (0, 0, 4)),  # 1x1 first, then 5x5; two passes
-    ((1, 3, 21, 19), (3, 1, 3), 2, F32, {"zc": 8}, (0, 2, 2)),  # 2D bands, a 1x1 layer between
-    ((2, 2, 13, 19), (3, 3, 3), 2, F32, {"zc": 5, "planes": 2, "finish": True}, (0, 1, 2)),  # two planes a step
-]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("shape,ks,interm,dtype,overrides,idle", IDLE, ids=[f"{c[0]}-{c[3]}" for c in IDLE])
-@pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
-@pytest.mark.interpreter_bits
-def test_idle_steps_are_skipped_with_the_same_bits(shape, ks, interm, dtype, overrides, idle, monkeypatch):
-    """``idle``: each later layer skips the chunk's leading steps whose work reaches no plane the output needs, and
-    the output keeps its bits; those are all of them, for one step more in any layer changes the output."""
-    params = draw(shape, ks, interm, seed=5)
-    x = image_like(shape, dtype, seed=6)
-    plan = make_plan(shape, ks, interm, idle=True, **overrides)
-    assert idle_steps(ks, plan) == idle and stream_args(x, params, plan)["IDLE"] == idle
-    every_step = _run(x, params, dataclasses.replace(plan, idle=False))
-    assert stream_args(x, params, dataclasses.replace(plan, idle=False))["IDLE"] == (0,) * len(ks)
-    out = _run(x, params, plan)
-    assert torch.equal(out, every_step) and rel_error(out, x, params) <= TOL[dtype]
-    for layer in range(1, len(ks)):
-        longer = tuple(n + (i == layer) for i, n in enumerate(idle))
-        monkeypatch.setattr(launch, "idle_steps", lambda *_, longer=longer: longer)
-        launch._stream_args.cache_clear()
-        assert not torch.equal(_run(x, params, plan), out), layer
-    launch._stream_args.cache_clear()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("shape,ks,interm,dtype,overrides,planes", PLANES,
-                         ids=[f"{c[0]}-{c[3]}-{c[5]}" for c in PLANES])
-@pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in the interpreter: a read of garbage
-def test_several_planes_a_step_match_the_reference(shape, ks, interm, dtype, overrides, planes):
-    """``planes``: a step pushes several planes through the stack (each weight feeds that many multiply-adds a
-    lane); chunks whose length with the halo is no multiple of it; the same tolerance as one plane a step."""
-    params = draw(shape, ks, interm, seed=7)
-    x = image_like(shape, dtype, seed=8)
-    plan = make_plan(shape, ks, interm, planes=planes, **overrides)
-    assert plan.planes == planes and plan == dataclasses.replace(make_plan(shape, ks, interm, **overrides),
-                                                                 planes=planes)
-    one, several = _run(x, params, dataclasses.replace(plan, planes=1)), _run(x, params, plan)
-    assert rel_error(several, x, params) <= TOL[dtype]
-    assert (several.double() - one.double()).norm() <= TOL[dtype] * one.double().norm()
-    with pytest.raises(ValueError, match="planes must be 1 to 4"):
-        make_plan(shape, ks, interm, planes=5)
 
 
 @pytest.mark.slow

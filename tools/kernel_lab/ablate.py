@@ -31,11 +31,10 @@ from fedgin.kernels.gin import gin_stream_kernel
 
 from .sass import Instr, branches, listing, loop_span
 
-# (case, plan overrides): the headline cases with their default plans (3D 128³: a launch a sample, v1.13; 2D: the
-# weights loaded) and a candidate each (3D: one barrier a step and no idle work, v1.14-15; 2D: a shared network)
+# (case, plan overrides): the headline cases with their default plans for an explicit draw (3D 128³: a launch a
+# sample, v1.13; 2D: the weights loaded) and a shared network in 2D (its default for one network a batch)
 CASES: tuple[tuple[Case, dict], ...] = (
     (Case(2, 3, (128,) * 3), {"wargs": True}),
-    (Case(2, 3, (128,) * 3), {"wargs": True, "skew": True, "scalar_scratch": True, "idle": True}),
     (Case(64, 3, (256, 256)), {}),
     (Case(64, 3, (256, 256)), {"wargs": True, "shared_network": True}),
 )

@@ -1,10 +1,11 @@
 """The headline stream kernels, for Nsight Compute (``bench/gpu.sh``'s ``ncu`` step).
 
 ``python -m tools.kernel_lab.ncu_target 2d|3d`` runs GIN on 2D 64x3x256² or 3D 2x3x128³ (fp32, 4 layers 3x3, a draw a
-sample) twice with the default plan, then twice with the candidate (:data:`CANDIDATES`: two planes a step in 2D, one
-barrier a step and no idle work in 3D; bench/NOTES.md, v1.14 and v1.15). The first call of each compiles; the second
-runs between ``cudaProfilerStart`` and ``cudaProfilerStop``, so ``ncu --profile-from-start off`` profiles exactly the
-second calls' stream launches, whatever their number (the 3D default launches once a sample). """
+sample) twice with ``make_plan``'s plan (the seeded call's), then twice with the candidate (:data:`CANDIDATES`: 2D
+bands of 64 rows, bench/NOTES.md v1.12; 3D the weights as kernel arguments, a launch a sample, an explicit draw's
+default since v1.13). The first call of each compiles; the second runs between ``cudaProfilerStart`` and
+``cudaProfilerStop``, so ``ncu --profile-from-start off`` profiles exactly the second calls' stream launches, whatever
+their number (the 3D candidate launches once a sample). """
 from __future__ import annotations
 
 import sys
@@ -15,7 +16,7 @@ from fedgin.bench.cases import Case, draw_params, image_like
 from fedgin.kernels import gin_fused, make_plan
 
 CASES = {"2d": Case(64, 3, (256, 256)), "3d": Case(2, 3, (128,) * 3)}
-CANDIDATES = {"2d": {"planes": 2}, "3d": {"wargs": True, "skew": True, "scalar_scratch": True, "idle": True}}
+CANDIDATES = {"2d": {"th": 4, "zc": 64}, "3d": {"wargs": True}}
 
 
 def run_plans(case: Case, candidates: tuple[dict, ...], device: torch.device) -> list[torch.Tensor]:

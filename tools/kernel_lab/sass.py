@@ -181,7 +181,7 @@ class Bound:
     loop: dict[str, int]  # warp instructions per step, per pipe
     local: int  # of which spill loads and stores (LDL, STL)
     ctas_per_sm: int
-    steps: float  # plane steps per program (less the share of the layers' idle steps, ``plan.idle``)
+    steps: float  # plane steps per program
     programs: int  # CTAs a launch (a launch a sample with ``plan.wargs``)
     us: float  # the bound, microseconds
     limit: str  # the pipe that sets it
@@ -252,9 +252,7 @@ def bound(case: Case, overrides: dict | None = None, mode: int | None = None, sm
     loop = pipe_counts(ops)
     shape = aot.Shape(case.kernel_sizes, case.channels, case.interm)
     args = stream_args(torch.empty(case.shape, device="meta"), shape, plan)
-    ch, ks, kps = args["CH"], args["KS"], args["KPS"]
-    macs = [ch[l] * ch[l + 1] * ks[l] ** 2 * kps[l] for l in range(len(ks))]  # a layer's share of the loop's work
-    steps = args["n_steps"] - sum(i * m for i, m in zip(args["IDLE"], macs, strict=True)) / sum(macs)
+    steps = float(args["n_steps"])
     launches = case.batch if plan.wargs and not shared else 1  # a launch a sample, or one for the batch
     programs = case.batch * plan.n_tiles // launches
     us, limit, ctas = model(loop, plan, programs, steps, regs, sms, compiled.metadata.shared, launches)
