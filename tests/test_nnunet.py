@@ -1,6 +1,6 @@
 """fedgin's nnU-Net v2 trainers (:mod:`fedgin.integrations.nnunet`) through nnU-Net's own code: its trainer lookup,
 its planning and preprocessing of fedgin's phantom, its trainer construction, one short training on the CPU and its
-checkpoint. Runs where nnunetv2 is installed (``.ci/run``'s nnU-Net environment, ``pytest -m nnunet``)."""
+checkpoint. Runs where nnunetv2 is installed: ``.ci/run``'s nnU-Net environment runs this file alone (``-m nnunet``)."""
 from __future__ import annotations
 
 import contextlib

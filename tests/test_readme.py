@@ -22,7 +22,7 @@ def test_readme_example_runs(index):
 def test_ci_runs_the_readme_test_command_then_the_slow_tier_then_nnunet():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     command = 'bash scripts/setup.sh && .venv/bin/python -m pytest -q -m "not slow"'
-    nnunet = "bash scripts/setup-nnunet.sh && .venv-nnunet/bin/python -m pytest -q -m nnunet"
+    nnunet = "bash scripts/setup-nnunet.sh && .venv-nnunet/bin/python -m pytest -q -m nnunet tests/test_nnunet.py"
     assert command in README and command in ci and nnunet in README and nnunet in ci
     assert ci.index(command) < ci.index(".venv/bin/python -m pytest -q -m slow") < ci.index(nnunet)
 
