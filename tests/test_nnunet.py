@@ -76,6 +76,7 @@ def test_one_short_cpu_training(nnunet_env, name):
     """Built as ``nnUNetv2_train 501 2d 0 -tr NAME -device cpu`` builds it (nnU-Net's lookup included), trained for
     one short epoch: GIN on every training batch and on no validation batch, intensities changed with each channel's
     norm kept (GIN's renormalization; for GIN-IPA the third view's), finite losses, a checkpoint that loads back."""
+    torch.manual_seed(0)  # GIN's draws (α ~ U(0, 1) a sample: a small one changes a batch little)
     trainer = get_trainer_from_args("501", "2d", 0, name, device=torch.device("cpu"))
     assert type(trainer).__name__ == name
     trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 3, 2
@@ -102,7 +103,7 @@ def test_one_short_cpu_training(nnunet_env, name):
         view = out[-x.shape[0]:]  # the batch's GIN; GIN-IPA's third view (the first two are its blends)
         assert out.shape[0] == x.shape[0] * (3 if name == "nnUNetTrainerGIN_IPA" else 1)
         assert torch.isfinite(out).all()
-        assert (view - x).abs().mean() > 0.05 * x.std()
+        assert (view - x).norm() > 0.01 * x.norm()
         torch.testing.assert_close(_norms(view), _norms(x), rtol=1e-4, atol=1e-4)
     losses = trainer.logger.get_value("train_losses", None)
     assert len(losses) == 1 and np.isfinite(losses).all()
