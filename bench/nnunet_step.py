@@ -20,17 +20,18 @@ from pathlib import Path
 import torch
 from nnunetv2.run.run_training import get_trainer_from_args
 
+from .timing import sync
+
 # arm: (trainer, GIN backend)
 ARMS = {"nnU-Net, no GIN": ("nnUNetTrainer", None), "GIN, reference": ("nnUNetTrainerGIN", "reference"),
         "GIN, fused": ("nnUNetTrainerGIN", "auto")}
 
 
 def _timed(fn, device: torch.device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    sync(device)
     start = time.perf_counter()
     fn()
-    sync()
+    sync(device)
     return (time.perf_counter() - start) * 1e3
 
 

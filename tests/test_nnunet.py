@@ -158,3 +158,26 @@ def test_the_nnunet_step_benchmark_times_every_arm(nnunet_env, tmp_path):
     assert all(row["step_ms"] > 0 and row["batch"][1:] == [1, 64, 64] for row in rows.values())
     assert all(rows[arm]["gin_ms"] > 0 for arm in ("GIN, reference", "GIN, fused"))
     assert "gin_ms" not in rows["nnU-Net, no GIN"]
+
+
+def test_views_loss_adds_the_consistency_of_k_views_and_passes_one_view_through():
+    """GIN-IPA's loss inside nnU-Net's own train_step: nnU-Net's loss on the first view (each deep-supervision scale),
+    plus GIN-IPA's weight (10 / K) × the reverse KL of the views at full resolution; validation's B-sample output
+    takes nnU-Net's loss alone."""
+    from fedgin.augment.losses import kl_consistency
+
+    def base(output, target):  # a stand-in for nnU-Net's deep-supervised loss: records what it is given
+        calls.append([o.shape[0] for o in output])
+        return sum(o.float().mean() for o in output) + 0 * target[0].sum()
+
+    calls = []
+    torch.manual_seed(0)
+    assert nnunet.default_consistency("gin_ipa", 4) == (2.5, True)  # what nnUNetTrainerGIN_IPA builds it with
+    loss = nnunet.ViewsLoss(base, 2.5, reverse=True)
+    output = [torch.randn(6, 4, 8, 8), torch.randn(6, 4, 4, 4)]
+    target = [torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 4, 4)]
+    expected = base([o[:2] for o in output], target) + 2.5 * kl_consistency(list(output[0].split(2)), reverse=True)
+    torch.testing.assert_close(loss(output, target), expected)
+    assert calls[-1] == [2, 2]
+    first = [o[:2] for o in output]
+    torch.testing.assert_close(loss(first, target), base(first, target))

@@ -78,6 +78,13 @@ class Recipe:
         return ([x] if self.clean_view else []) + list(out if isinstance(out, tuple) else (out,))
 
 
+def default_consistency(method: str, n_classes: int) -> tuple[float, bool]:
+    """``method``'s consistency weight (divided by ``n_classes`` where the original averages over classes) and
+    whether its KL is reversed (module docstring)."""
+    _, _, reverse, weight, per_class = _RECIPES[method]
+    return (weight / n_classes if per_class else weight), reverse
+
+
 def make_recipe(method: str, *, n_classes: int, views: int | None = None, consistency_weight: float | None = None,
                 options: Mapping | None = None, gin: Mapping | None = None, backend: str = "auto",
                 reconstruction_weight: float = 1.0) -> Recipe:
@@ -88,7 +95,8 @@ def make_recipe(method: str, *, n_classes: int, views: int | None = None, consis
     """
     if method not in _RECIPES:
         raise ValueError(f"unknown augmentation method {method!r}; choose one of {list(_RECIPES)}")
-    default_views, clean, reverse, weight, per_class = _RECIPES[method]
+    default_views, clean = _RECIPES[method][:2]
+    default_weight, reverse = default_consistency(method, n_classes)
     options = dict(options or {})
     reserved = reserved_options(method)
     for key in options:
@@ -114,7 +122,7 @@ def make_recipe(method: str, *, n_classes: int, views: int | None = None, consis
             kwargs.update(gin or {})
         augmentation = make_augmentation(method, **kwargs)
     if consistency_weight is None:
-        consistency_weight = weight / n_classes if per_class else weight
+        consistency_weight = default_weight
     if consistency_weight < 0 or reconstruction_weight < 0:
         raise ValueError("loss weights must be >= 0")
     recipe = Recipe(method, augmentation, clean, float(consistency_weight), reverse,

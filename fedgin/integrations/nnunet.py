@@ -31,14 +31,12 @@ from typing import ClassVar
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
 from torch import Tensor
 
 from fedgin.augment.gin_ipa import gin_ipa_views
 from fedgin.augment.losses import kl_consistency
+from fedgin.augment.recipes import default_consistency
 from fedgin.gin import check_errors, gin
-
-IPA_WEIGHT = 10.0  # GIN-IPA's consistency weight, divided by the classes (fedgin.augment.recipes)
 
 
 def gin_batch(x: Tensor, shared: bool = False, **gin_config) -> Tensor:
@@ -81,39 +79,38 @@ class nnUNetTrainerGINShared(nnUNetTrainerGIN):
     gin_shared = True
 
 
+class ViewsLoss(torch.nn.Module):
+    """nnU-Net's loss on the first of the K views of an output for K·B samples (deep supervision's list, or one
+    tensor), plus ``weight`` × the views' KL consistency at full resolution; an output for B samples (validation)
+    takes nnU-Net's loss alone."""
+
+    def __init__(self, loss: torch.nn.Module, weight: float, reverse: bool) -> None:
+        super().__init__()
+        self.loss, self.weight, self.reverse = loss, weight, reverse
+
+    def forward(self, output: Tensor | list[Tensor], target: Tensor | list[Tensor]) -> Tensor:
+        scales = output if isinstance(output, (list, tuple)) else [output]
+        n = (target[0] if isinstance(target, list) else target).shape[0]
+        if scales[0].shape[0] == n:
+            return self.loss(output, target)
+        first = [o[:n] for o in scales] if isinstance(output, (list, tuple)) else output[:n]
+        views = list(scales[0].float().split(n))
+        return self.loss(first, target) + self.weight * kl_consistency(views, self.reverse)
+
+
 class nnUNetTrainerGIN_IPA(nnUNetTrainerGIN):
-    """GIN-IPA: three views a batch in one forward; nnU-Net's loss on the first, plus the views' KL consistency."""
+    """GIN-IPA: three views a batch in one forward (nnU-Net's own ``train_step``); nnU-Net's loss on the first, plus
+    the views' KL consistency (:class:`ViewsLoss`, GIN-IPA's weight and direction from
+    :func:`fedgin.augment.recipes.default_consistency`)."""
 
     ipa_options: ClassVar[dict] = {}  # fedgin.augment.masks.ipa_mask's spacing, order, downscale
 
     def gin_augment(self, data: Tensor) -> Tensor:
         return gin_ipa_batch(data, **self.ipa_options, **self.gin_config)
 
-    def train_step(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = ([t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list)
-                  else target.to(self.device, non_blocking=True))
-        views = self.gin_augment(data)
-        n = data.shape[0]
-        weight = IPA_WEIGHT / self.label_manager.num_segmentation_heads
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output = self.network(views)
-            scales = output if isinstance(output, (list, tuple)) else [output]
-            first = [o[:n] for o in scales] if isinstance(output, (list, tuple)) else output[:n]
-            loss = self.loss(first, target) + weight * kl_consistency(list(scales[0].float().split(n)), reverse=True)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy()}
+    def _build_loss(self) -> torch.nn.Module:
+        weight, reverse = default_consistency("gin_ipa", self.label_manager.num_segmentation_heads)
+        return ViewsLoss(super()._build_loss(), weight, reverse)
 
 
 TRAINERS = (nnUNetTrainerGIN, nnUNetTrainerGINShared, nnUNetTrainerGIN_IPA)
